@@ -1,0 +1,131 @@
+"""The CAM core: class activation maps of all classes of a batch in one pass per scale.
+
+A :class:`CamMethod` supplies only the raw class maps of a batch at one scale (the pytorch-grad-cam
+idea: each method supplies its weights). Everything else is shared and follows the IRN template
+(``make_cam``): each scale is run on [image, flipped image]; the ReLU'd maps of the pair are combined as
+``m + flip(m_flipped)``; scales are resized bilinearly to the image size and **summed**; maps are then
+restricted to the classes asked for and normalised (per-class max by default, as IRN: ``m / (max m + 1e-5)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from scarce.errors import ConfigError
+from scarce.models.classifier import CamModel
+
+NORMALIZATIONS = ("max", "minmax", "percentile", "none")
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    method: str = "cam"
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    normalize: str = "max"
+    percentile: float = 98.0
+    clamp_negative_weights: bool = False  # NWC (Bae et al.): ignore negatively weighted channels
+    layer: str | None = None  # Grad-CAM target module (dotted name); None = the model's last feature map
+    batch_size: int = 8
+
+
+class CamMethod:
+    """Raw (pre-ReLU) class maps of a batch at one scale: images (B, 3, h, w) → (B, K, h', w').
+
+    ``classes`` restricts the maps to those class indices (in that order); None means all classes.
+    """
+
+    name = "base"
+    needs_grad = False
+
+    def __init__(self, cfg: CamConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, model: CamModel, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+CAM_METHODS: dict[str, Callable[[CamConfig], CamMethod]] = {}
+
+
+def register_cam_method(name: str) -> Callable[[type[CamMethod]], type[CamMethod]]:
+    def add(cls: type[CamMethod]) -> type[CamMethod]:
+        CAM_METHODS[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+def build_cam_method(cfg: CamConfig) -> CamMethod:
+    if cfg.method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {cfg.method!r}; available: {', '.join(sorted(CAM_METHODS))}")
+    if cfg.normalize not in NORMALIZATIONS:
+        raise ConfigError(f"unknown CAM normalisation {cfg.normalize!r}; choose from {', '.join(NORMALIZATIONS)}")
+    return CAM_METHODS[cfg.method](cfg)
+
+
+def multiscale_cams(model: CamModel, images: torch.Tensor, method: CamMethod, scales: Sequence[float],
+                    flip: bool = True, classes: Sequence[int] | None = None) -> torch.Tensor:
+    """Summed multi-scale (+flip) ReLU'd maps at the input size: (B, 3, H, W) → (B, K, H, W)."""
+    size = images.shape[-2:]
+    total: torch.Tensor | None = None
+    for scale in scales:
+        x = images if scale == 1.0 else F.interpolate(
+            images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+        with torch.set_grad_enabled(method.needs_grad):
+            maps = method(model, x, classes)
+        maps = F.relu(maps.detach())
+        if flip:
+            half = len(images)
+            maps = maps[:half] + maps[half:].flip(-1)
+        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        total = maps if total is None else total + maps
+    assert total is not None, "at least one scale is needed"
+    return total
+
+
+def normalize_cams(cams: torch.Tensor, how: str = "max", percentile: float = 98.0, eps: float = 1e-5) -> torch.Tensor:
+    """Normalise each map of (..., H, W) on its own.
+
+    - ``max``: m / (max m + eps) (IRN);
+    - ``minmax``: (m − min) / (max − min + eps) (wsolevaluation's ``normalize_scoremap``);
+    - ``percentile``: m / (P_p(m) + eps), clipped to [0, 1] (PaS, Bae et al.: the percentile is a steadier
+      standard than the maximum);
+    - ``none``: raw values.
+    """
+    if how == "none":
+        return cams
+    flat = cams.flatten(-2)
+    if how == "max":
+        scale = flat.amax(-1)
+        out = flat / (scale.unsqueeze(-1) + eps)
+    elif how == "minmax":
+        low, high = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        out = (flat - low) / (high - low + eps)
+    elif how == "percentile":
+        ref = torch.quantile(flat.float(), percentile / 100.0, dim=-1, keepdim=True).to(flat.dtype)
+        out = (flat / (ref + eps)).clamp(0.0, 1.0)
+    else:
+        raise ConfigError(f"unknown CAM normalisation {how!r}; choose from {', '.join(NORMALIZATIONS)}")
+    return out.view_as(cams)
+
+
+class CamExtractor:
+    """Computes normalised CAMs for batches of same-sized images with one configured method."""
+
+    def __init__(self, model: CamModel, cfg: CamConfig, method: CamMethod | None = None) -> None:
+        self.model = model.eval()
+        self.cfg = cfg
+        self.method = method or build_cam_method(cfg)
+
+    def __call__(self, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, 3, H, W) → (B, K, H, W) maps of ``classes`` (all when None), normalised per map."""
+        raw = multiscale_cams(self.model, images, self.method, self.cfg.scales, self.cfg.flip, classes)
+        return normalize_cams(raw, self.cfg.normalize, self.cfg.percentile)

@@ -1,0 +1,59 @@
+"""The ``scarce`` command: a thin layer over the Python API.
+
+Each part of the toolkit registers its own sub-commands (``register(subparsers)`` in a module of this
+package), so the parser is assembled here and nowhere else knows about argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from scarce.errors import ScarceError
+
+# Modules that contribute sub-commands, in the order they appear in --help.
+COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scarce", description="Visual recognition when labels are scarce.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that part of the toolkit is not installed in this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from scarce import __version__
+
+    return f"scarce {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except ScarceError as exc:
+        print(f"scarce {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"scarce {args.command}: interrupted; completed outputs and checkpoints are kept", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Classifiers whose class activation maps are exact.
+
+Every model the CAM code works with is a :class:`CamModel`: it exposes the last feature map
+(``features``), the class weight matrix (``class_weights``, C×D) and how logits follow from features.
+Because the head is linear after pooling, the CAM of class c is exactly ``Σ_d W[c, d] · F[d]``.
+
+- :class:`CamClassifier`: any timm backbone through ``features_only`` (output stride 16 where the model
+  supports it) with a bias-free 1×1 classifier, trained on image-level labels.
+- :class:`TimmHeadClassifier`: a complete pretrained timm classifier (e.g. ImageNet) whose own linear head
+  gives the class weights; used by ``scarce localize``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scarce.errors import ConfigError
+from scarce.models.pooling import build_pooling
+from scarce.models.weights import create_timm
+
+
+class CamModel(nn.Module):
+    """Interface of the models CAM methods accept."""
+
+    num_classes: int
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images → (B, D, h, w) last feature map."""
+        raise NotImplementedError
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """(C, D) weights mapping pooled features to logits."""
+        raise NotImplementedError
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.features(images))
+
+    def class_maps(self, features: torch.Tensor, clamp_negative_weights: bool = False) -> torch.Tensor:
+        """Raw CAMs of all classes at once: (B, D, h, w) → (B, C, h, w). NWC clamps negative weights to 0."""
+        weights = self.class_weights
+        if clamp_negative_weights:
+            weights = weights.clamp_min(0.0)
+        return torch.einsum("cd,bdhw->bchw", weights.to(features.dtype), features)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Input normalisation the backbone was trained with."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: str | None = "auto"
+    output_stride: int | None = 16
+    pooling: str = "gap"
+    tap_tau: float = 0.05
+
+
+class CamClassifier(CamModel):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, pooling: nn.Module,
+                 mean_std: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = pooling
+        self.classifier = nn.Conv2d(feature_dim, num_classes, kernel_size=1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
+        self.num_classes = num_classes
+        self._mean_std = mean_std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)[-1]
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        return self.classifier.weight[:, :, 0, 0]
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.pool(features), self.class_weights)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self._mean_std
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone, head) parameters: the head is trained with a larger learning rate."""
+        return list(self.backbone.parameters()), list(self.classifier.parameters())
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int) -> CamClassifier:
+    kwargs: dict[str, object] = {"features_only": True, "out_indices": (-1,)}
+    if cfg.output_stride is not None:
+        kwargs["output_stride"] = cfg.output_stride
+    try:
+        backbone = create_timm(cfg.backbone, cfg.pretrained, **kwargs)
+    except (TypeError, AssertionError) as exc:
+        if cfg.output_stride is None:
+            raise
+        # Some architectures (e.g. ViTs, ConvNeXt) do not take output_stride: say so instead of a timm traceback.
+        raise ConfigError(f"{cfg.backbone} does not support output_stride={cfg.output_stride} ({exc}); set output_stride: null") from None
+    feature_dim = backbone.feature_info.channels()[-1]
+    data_cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean_std = (tuple(data_cfg.get("mean", (0.485, 0.456, 0.406))), tuple(data_cfg.get("std", (0.229, 0.224, 0.225))))
+    return CamClassifier(backbone, feature_dim, num_classes, build_pooling(cfg.pooling, cfg.tap_tau), mean_std)
+
+
+class TimmHeadClassifier(CamModel):
+    """A full timm classifier (features → global pool → linear head) seen as a CAM model.
+
+    The head's bias shifts every position equally, so it is left out of the maps (as in Zhou et al.).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        head = model.get_classifier()
+        if not isinstance(head, nn.Linear):
+            raise ConfigError(f"{type(model).__name__}: CAMs need a linear classifier head, found {type(head).__name__}")
+        self.model = model
+        self.num_classes = head.out_features
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self._mean_std = (tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        return self.model.get_classifier().weight
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self._mean_std
+
+
+def build_imagenet_classifier(name: str = "tf_efficientnet_lite0", pretrained: str | None = "auto") -> TimmHeadClassifier:
+    return TimmHeadClassifier(create_timm(name, pretrained))

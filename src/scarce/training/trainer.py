@@ -1,0 +1,223 @@
+"""Classifier training on image-level labels, resumable with identical results.
+
+Recipe (IRN's ``train_cam``, with sizes scaled to the data): SGD, poly learning-rate decay, the head at
+``head_lr_mult`` × the backbone's rate, BatchNorm frozen in eval mode, flip/rescale/crop augmentation.
+
+Reproducibility: the sample order of an epoch, every augmentation, and the torch RNG of every step are
+functions of (seed, epoch, step), so a run resumed from any checkpoint reaches the same weights as an
+uninterrupted run. Checkpoints are written atomically after every epoch (and every
+``checkpoint_every`` steps when set); a non-finite loss stops training with the last checkpoint intact.
+
+``irn_momentum_quirk`` reproduces IRN's ``PolyOptimizer``, which passes weight decay as SGD's third
+positional argument, i.e. momentum = 1e-4 (see the shared reference); off by default.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from scarce.data.base import WeakDataset
+from scarce.errors import ScarceError, TrainingError
+from scarce.io import save_torch, write_text
+from scarce.models.classifier import CamClassifier
+from scarce.training.losses import MultiLabelObjective, Objective
+from scarce.training.transforms import AugmentConfig, augment, sample_generator, to_tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.01
+    head_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    freeze_bn: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 0
+    seed: int = 0
+    checkpoint_every: int = 0
+    irn_momentum_quirk: bool = False
+
+
+class AugmentedImages(Dataset):
+    """(image, label vector) pairs with augmentation seeded by (seed, epoch, index)."""
+
+    def __init__(self, dataset: WeakDataset, mean_std: tuple[tuple[float, ...], tuple[float, ...]],
+                 cfg: AugmentConfig, seed: int) -> None:
+        self.dataset, self.mean_std, self.cfg, self.seed = dataset, mean_std, cfg, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.dataset.samples[index]
+        image = to_tensor(self.dataset.load_image(sample), self.mean_std)
+        image = augment(image, self.cfg, sample_generator(self.seed, self.epoch, index))
+        return image, torch.from_numpy(self.dataset.label_vector(sample))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    return np.random.default_rng([seed, epoch, 2**31 - 1]).permutation(n).tolist()
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - step / total) ** power
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+def _config_fingerprint(cfg: TrainConfig, extra: dict) -> dict:
+    return {"train": asdict(cfg), **extra}
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    log_path: Path
+    seconds: float
+
+
+def train_classifier(
+    model: CamClassifier,
+    dataset: WeakDataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    objective: Objective | None = None,
+    resume: bool = False,
+    identity: dict | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` (and ``objective``'s own modules) on ``dataset``; write ``model.pt`` in ``out_dir``.
+
+    ``identity`` (e.g. the model config) is stored in checkpoints; resuming with a different one is refused.
+    ``on_step(epoch, step)`` is called after each optimisation step (tests use it to simulate a kill).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, model_path, log_path = out_dir / "checkpoint.pt", out_dir / "model.pt", out_dir / "train_log.csv"
+    objective = objective or MultiLabelObjective()
+    fingerprint = _config_fingerprint(cfg, {"objective": objective.name, **(identity or {})})
+    if not dataset.samples:
+        raise ScarceError(f"{dataset.root}: split {dataset.split!r} has no samples to train on")
+
+    steps_per_epoch = math.ceil(len(dataset.samples) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    backbone_params, head_params = model.parameter_groups()
+    head_params = head_params + list(objective.parameters())
+    if cfg.freeze_bn:
+        _freeze_batchnorm(model)
+    groups = [
+        {"params": [p for p in backbone_params if p.requires_grad], "base_lr": cfg.lr},
+        {"params": [p for p in head_params if p.requires_grad], "base_lr": cfg.lr * cfg.head_lr_mult},
+    ]
+    momentum = 1e-4 if cfg.irn_momentum_quirk else cfg.momentum
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+
+    start_step, log_rows, carried = 0, [], (0.0, 0)
+    if ckpt_path.exists():
+        if not resume:
+            raise ScarceError(f"{ckpt_path}: a checkpoint exists; pass --resume to continue it, or use another output folder")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise ScarceError(f"{ckpt_path}: checkpoint was made with another configuration; refusing to resume")
+        model.load_state_dict(state["model"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, log_rows, carried = state["step"], state["log"], state["running"]
+
+    images = AugmentedImages(dataset, model.mean_std, cfg.augment, cfg.seed)
+    started = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress, leave=False)
+
+    def save_checkpoint(step: int, running: tuple[float, int] = (0.0, 0)) -> None:
+        save_torch(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
+                               "optimizer": optimizer.state_dict(), "step": step, "log": log_rows,
+                               "running": running, "fingerprint": fingerprint})
+        _write_log(log_path, log_rows)
+
+    step = start_step
+    for epoch in range(start_step // steps_per_epoch, cfg.epochs):
+        images.epoch = epoch
+        order = epoch_order(cfg.seed, epoch, len(images))
+        first = step - epoch * steps_per_epoch  # batches of this epoch already done before a resume
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][first:]
+        loader = DataLoader(images, batch_sampler=batches, num_workers=cfg.num_workers)
+        model.train()
+        objective.train()
+        if cfg.freeze_bn:
+            _freeze_batchnorm(model)
+        running, seen = carried if first else (0.0, 0)  # the epoch's loss sum so far, kept across a resume
+        for batch_images, labels in loader:
+            torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, step]).integers(2**62)))
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power)
+            loss, parts = objective(model, batch_images, labels, step / total_steps)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; "
+                    f"the last checkpoint ({ckpt_path}) is kept: lower the learning rate and resume"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4f}")
+            if on_step is not None:
+                on_step(epoch, step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % steps_per_epoch:
+                save_checkpoint(step, (running, seen))
+        log_rows.append({"epoch": epoch + 1, "step": step, "loss": running / max(seen, 1),
+                         "lr": optimizer.param_groups[0]["lr"], **{k: round(v, 6) for k, v in parts.items()}})
+        save_checkpoint(step)
+    bar.close()
+    save_torch(model_path, {"model": model.state_dict(), "objective": objective.state_dict(), "fingerprint": fingerprint})
+    _write_log(log_path, log_rows)
+    return TrainResult(model_path, log_path, time.perf_counter() - started)
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def load_trained(model: CamClassifier, path: str | Path, objective: Objective | None = None) -> CamClassifier:
+    """Load weights written by :func:`train_classifier` into ``model`` (and ``objective``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScarceError(f"{path}: trained model not found (run `scarce train` first)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    if objective is not None:
+        objective.load_state_dict(state["objective"])
+    return model.eval()
