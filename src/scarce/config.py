@@ -112,5 +112,14 @@ def resolve(cls: type[T], path: str | Path | None = None, overrides: list[str] |
     return from_dict(cls, data)
 
 
+def _plain(value: Any) -> Any:
+    """Tuples → lists (YAML's safe dumper knows only plain types)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def dump_yaml(obj: Any) -> str:
-    return yaml.safe_dump(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=False)
+    return yaml.safe_dump(_plain(to_dict(obj) if dataclasses.is_dataclass(obj) else obj), sort_keys=False)

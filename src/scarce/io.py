@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scarce.errors import DataError
 
 PathLike = str | os.PathLike
+IGNORE_INDEX = 255  # label maps: 0 background, c + 1 for class c, 255 "ignore"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -139,3 +140,37 @@ def read_label_png(path: PathLike) -> np.ndarray:
         raise DataError(path, "label file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read label map ({exc.__class__.__name__}: {exc})") from None
+
+
+def voc_palette() -> np.ndarray:
+    """The PASCAL VOC colour map, ``uint8`` (256, 3).
+
+    Label ``i`` gets its colour by spreading the bits of ``i`` over the three channels, three bits at a
+    time, from the most significant bit of each channel downwards (1 → dark red, 2 → dark green, 15 →
+    person pink, 255 → the cream used for "ignore").
+    """
+    index = np.arange(256)
+    palette = np.zeros((256, 3), dtype=np.int64)
+    for bit in range(8):
+        for channel in range(3):
+            palette[:, channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
+    return palette.astype(np.uint8)
+
+
+def save_label_png(path: PathLike, labels: np.ndarray, palette: bool = True) -> None:
+    """Write a label map as an 8-bit PNG, atomically.
+
+    With ``palette`` the file is a palette PNG whose indices are the labels and whose colours are VOC's, so
+    it is both viewable and readable back as indices (``scarce.io.read_label_png``); without, plain grayscale.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label map must have shape (H, W), got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"labels must fit 8 bits, got values {labels.min()}..{labels.max()}")
+    image = Image.fromarray(labels.astype(np.uint8))  # mode L; a palette makes it P with the same indices
+    if palette:
+        image.putpalette(voc_palette().reshape(-1).tolist())
+    buffer = _io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())

@@ -9,13 +9,15 @@ restricted to the classes asked for and normalised (per-class max by default, as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from scarce.errors import ConfigError
+from scarce.data.base import WeakDataset
 from scarce.models.classifier import CamModel
 
 NORMALIZATIONS = ("max", "minmax", "percentile", "none")
@@ -31,6 +33,7 @@ class CamConfig:
     clamp_negative_weights: bool = False  # NWC (Bae et al.): ignore negatively weighted channels
     layer: str | None = None  # Grad-CAM target module (dotted name); None = the model's last feature map
     batch_size: int = 8
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (see each method's docstring)
 
 
 class CamMethod:
@@ -47,6 +50,9 @@ class CamMethod:
 
     def __call__(self, model: CamModel, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def prepare(self, model: CamModel, train_set: "WeakDataset", work_dir: Path) -> None:
+        """Fit whatever the method learns from the training split (e.g. LPCAM's prototypes); default: nothing."""
 
 
 CAM_METHODS: dict[str, Callable[[CamConfig], CamMethod]] = {}

@@ -7,6 +7,8 @@ IRN and its forks.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,10 +27,36 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
+OBJECTIVES: dict[str, Callable[..., Objective]] = {}
+
+
+def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
+    def add(cls: type[Objective]) -> type[Objective]:
+        OBJECTIVES[name] = cls
+        cls.name = name
+        return cls
+
+    return add
+
+
+def build_objective(name: str, num_classes: int, feature_dim: int, options: dict[str, Any] | None = None) -> Objective:
+    """Instantiate a registered objective; each takes ``num_classes``, ``feature_dim`` and its own options."""
+    from scarce.errors import ConfigError
+
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown training objective {name!r}; available: {', '.join(sorted(OBJECTIVES))}")
+    try:
+        return OBJECTIVES[name](num_classes=num_classes, feature_dim=feature_dim, **(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"objective {name!r}: bad options {options} ({exc})") from None
+
+
+@register_objective("cam")
 class MultiLabelObjective(Objective):
     """Multi-label soft margin loss on the pooled logits (IRN's ``train_cam``)."""
 
-    name = "cam"
+    def __init__(self, num_classes: int = 0, feature_dim: int = 0) -> None:
+        super().__init__()
 
     def forward(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor,
                 progress: float) -> tuple[torch.Tensor, dict[str, float]]:

@@ -176,7 +176,7 @@ def train_classifier(
             loss, parts = objective(model, batch_images, labels, step / total_steps)
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; "
+                    f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; "
                     f"the last checkpoint ({ckpt_path}) is kept: lower the learning rate and resume"
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 def to_tensor(image: np.ndarray, mean_std: tuple[tuple[float, ...], tuple[float, ...]]) -> torch.Tensor:
     """uint8 HxWx3 → normalised float (3, H, W)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(mean_std[0]).view(3, 1, 1)
     std = torch.tensor(mean_std[1]).view(3, 1, 1)
     return (tensor - mean) / std

@@ -1,0 +1,198 @@
+"""WSSS commands: data generation, training, CAMs, masks, scoring and the demo. Each calls scarce.pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from scarce.config import merge, parse_overrides
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="generate built-in datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATASET", required=True)
+    scenes = data_sub.add_parser("scenes", help="write the scenes benchmark in PASCAL VOC layout")
+    scenes.add_argument("--out", required=True, type=Path)
+    scenes.add_argument("--n", type=int, default=600, help="number of images (default 600)")
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--image-size", type=int, default=160)
+    scenes.add_argument("--min-objects", type=int, default=1)
+    scenes.add_argument("--max-objects", type=int, default=3)
+    scenes.add_argument("--scale-range", type=float, nargs=2, default=(0.35, 0.75), metavar=("LOW", "HIGH"),
+                        help="object size as a fraction of the image side")
+    scenes.add_argument("--occlusion", type=float, default=0.3, help="max fraction of a placed object a new one may cover")
+    scenes.add_argument("--cooccurrence", type=float, default=0.7,
+                        help="probability that an image's background is its first class's preferred texture")
+    scenes.set_defaults(func=cmd_scenes)
+
+    for name, func, text in (
+        ("run", cmd_run, "run the whole pipeline of a config: data, training, CAMs, threshold on val, scores on test"),
+        ("train", cmd_train, "train the classifier of a config (checkpoint every epoch; --resume continues)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", type=Path, help="YAML config (see configs/)")
+        p.add_argument("--out", type=Path, required=True, help="run folder")
+        p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=3")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+
+    cam = sub.add_parser("cam", help="write CAMs of a split for a trained run")
+    cam.add_argument("run", type=Path)
+    cam.add_argument("--split", action="append", help="split(s); default: the config's val and test splits")
+    cam.add_argument("--quiet", action="store_true")
+    cam.set_defaults(func=cmd_cam)
+
+    ev = sub.add_parser("evaluate", help="choose the background threshold on val, score test; writes metrics.json")
+    ev.add_argument("run", type=Path)
+    ev.set_defaults(func=cmd_evaluate)
+
+    masks = sub.add_parser("masks", help="turn a split's CAMs into label PNGs")
+    masks.add_argument("run", type=Path)
+    masks.add_argument("--split", required=True)
+    masks.add_argument("--threshold", type=float, help="background threshold (default: the one chosen on val)")
+    masks.add_argument("--fg", type=float, help="confident masks: foreground threshold")
+    masks.add_argument("--bg", type=float, help="confident masks: background threshold (255 between --bg and --fg)")
+    masks.set_defaults(func=cmd_masks)
+
+    em = sub.add_parser("eval-masks", help="score a folder of label PNGs against a folder of ground-truth PNGs")
+    em.add_argument("--pred", type=Path, required=True)
+    em.add_argument("--gt", type=Path, required=True)
+    em.add_argument("--num-classes", type=int, help="classes including background (default: inferred)")
+    em.add_argument("--out", type=Path, help="write the scores to this JSON file")
+    em.set_defaults(func=cmd_eval_masks)
+
+    demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → scores → report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--config", type=Path, default=None, help="YAML overriding the defaults (see configs/)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+
+
+def _run_from_args(args: argparse.Namespace):
+    from scarce.pipeline import Run, load_run_config
+
+    cfg = load_run_config(args.config, parse_overrides(args.overrides))
+    return Run(cfg, args.out, progress=not args.quiet)
+
+
+def _existing_run(folder: Path, quiet: bool = True):
+    from scarce.errors import ScarceError
+    from scarce.pipeline import Run, load_run_config
+
+    if not (folder / "config.yaml").is_file():
+        raise ScarceError(f"{folder}: not a run folder (no config.yaml); create one with `scarce train` or `scarce run`")
+    return Run(load_run_config(folder / "config.yaml"), folder, progress=not quiet)
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    from scarce.data.scenes import ScenesConfig, generate_scenes
+
+    cfg = ScenesConfig(n=args.n, seed=args.seed, image_size=args.image_size, min_objects=args.min_objects,
+                       max_objects=args.max_objects, scale_range=tuple(args.scale_range), occlusion=args.occlusion,
+                       cooccurrence=args.cooccurrence)
+    dataset = generate_scenes(cfg, args.out)
+    print(f"wrote {args.n} scenes ({len(dataset.class_names)} classes) to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run = _run_from_args(args)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    run.write_config()
+    run.prepare_data()
+    run.train(resume=args.resume)
+    print(f"trained model: {run.folder / 'train' / 'model.pt'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run = _run_from_args(args)
+    metrics = run.run(resume=args.resume)
+    print_summary(metrics, run.folder)
+    return 0
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    run = _existing_run(args.run, args.quiet)
+    for split in args.split or [run.cfg.data.val_split, run.cfg.data.test_split]:
+        print(f"CAMs of {split}: {run.extract_cams(split)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scarce.io import write_json
+
+    run = _existing_run(args.run)
+    metrics = run.evaluate()
+    write_json(run.folder / "metrics.json", metrics)
+    print_summary(metrics, run.folder)
+    return 0
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from scarce.errors import ConfigError
+    from scarce.io import read_json
+
+    run = _existing_run(args.run)
+    if (args.fg is None) != (args.bg is None):
+        raise ConfigError("give both --fg and --bg for confident masks")
+    if args.fg is not None:
+        if args.threshold is not None:
+            raise ConfigError("--threshold and --fg/--bg are alternatives")
+        run.cfg = dataclasses.replace(run.cfg, eval=dataclasses.replace(
+            run.cfg.eval, mask_mode="confident", fg_margin=0.0, bg_margin=0.0))
+        out = run.write_masks(args.split, args.fg, bg_threshold=args.bg)
+    else:
+        threshold = args.threshold
+        if threshold is None:
+            threshold = read_json(run.folder / "metrics.json")["threshold"]
+        out = run.write_masks(args.split, threshold)
+    print(f"masks: {out}")
+    return 0
+
+
+def cmd_eval_masks(args: argparse.Namespace) -> int:
+    from scarce.io import write_json
+    from scarce.metrics.folders import evaluate_folders
+
+    scores = evaluate_folders(args.pred, args.gt, args.num_classes)
+    if args.out:
+        write_json(args.out, scores)
+    print(f"mIoU {scores['miou']:.4f}  FP {scores['fp']:.4f}  FN {scores['fn']:.4f}  ({scores['num_images']} images)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scarce.pipeline import Run, load_run_config
+
+    from scarce.config import load_yaml
+
+    base = load_yaml(args.config) if args.config else {}  # the defaults of RunConfig are the demo's settings
+    cfg = load_run_config(None, merge(base, parse_overrides(args.overrides)))
+    started = time.perf_counter()
+    run = Run(cfg, args.out, progress=not args.quiet)
+    metrics = run.run(resume=True)
+    print_summary(metrics, run.folder)
+    print(f"wall time {time.perf_counter() - started:.0f} s (stages: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["timings_s"].items()) + ")")
+    return 0
+
+
+def print_summary(metrics: dict, folder: Path) -> None:
+    from scarce.report.wsss import summary_rows
+
+    rows = summary_rows(metrics)
+    print(f"{'quantity':34s} {'value':>7s} {'thr':>5s}  chosen on -> scored on")
+    for row in rows:
+        print(f"{row['quantity']:34s} {100 * row['value']:7.2f} {row['threshold']:5.2f}  "
+              f"{row['threshold chosen on']} -> {row['scored on']}")
+    print(f"report: {folder / 'report.html'}   metrics: {folder / 'metrics.json'}")
+    sys.stdout.flush()
