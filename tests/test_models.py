@@ -16,8 +16,10 @@ def test_classifier_is_bias_free_and_logits_are_mean_of_cam():
     torch.manual_seed(0)
     model = build_classifier(ModelConfig(backbone="test_resnet", pretrained=None), 3).eval()
     assert model.classifier.bias is None
+    assert not model.classifier.weight.any()  # zero start: the loss starts at log 2
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
+        model.classifier.weight.normal_()
         feats = model.features(x)
         assert feats.shape[-1] == 4  # output stride 16
         assert torch.allclose(model(x), model.class_maps(feats).mean(dim=(2, 3)), atol=1e-5)

@@ -193,18 +193,22 @@ class Run:
                        "val_miou": list(map(float, val_curve["miou"])), "test_miou": list(map(float, test_curve["miou"]))},
         }
 
-    def write_masks(self, split: str, threshold: float) -> Path:
+    def write_masks(self, split: str, threshold: float, confident: tuple[float, float] | None = None) -> Path:
+        """Label PNGs of a split: background below ``threshold``, or with ``confident = (fg, bg)`` thresholds,
+        foreground above fg, background below bg and 255 (ignore) between."""
         out = self.folder / "masks" / split
         dataset = self.dataset(split, allow_empty=True)
-        ev = self.cfg.eval
         for sample in dataset.samples:
             cams, keys = load_cam(self.folder / "cams" / split / f"{sample.stem}.npz")
-            if ev.mask_mode == "confident":
-                labels = cams_to_confident_labels(cams, keys, threshold + ev.fg_margin, max(threshold - ev.bg_margin, 0.0))
-            else:
-                labels = cams_to_labels(cams, keys, threshold)
+            labels = cams_to_labels(cams, keys, threshold) if confident is None else \
+                cams_to_confident_labels(cams, keys, *confident)
             save_label_png(out / f"{sample.stem}.png", labels)
         return out
+
+    def default_masks(self, split: str, threshold: float) -> Path:
+        ev = self.cfg.eval
+        confident = (threshold + ev.fg_margin, max(threshold - ev.bg_margin, 0.0)) if ev.mask_mode == "confident" else None
+        return self.write_masks(split, threshold, confident)
 
     # -- everything ---------------------------------------------------------------------------------
     def run(self, resume: bool = True) -> dict[str, Any]:
@@ -216,7 +220,7 @@ class Run:
         for split in (self.cfg.data.val_split, self.cfg.data.test_split):
             self.extract_cams(split, model, method)
         metrics = self.evaluate()
-        self.write_masks(self.cfg.data.test_split, metrics["threshold"])
+        self.default_masks(self.cfg.data.test_split, metrics["threshold"])
         metrics["timings_s"] = self.timings
         write_json(self.folder / "metrics.json", metrics)
         from scarce.report.wsss import write_report

@@ -136,26 +136,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from scarce.errors import ConfigError
     from scarce.io import read_json
 
     run = _existing_run(args.run)
     if (args.fg is None) != (args.bg is None):
         raise ConfigError("give both --fg and --bg for confident masks")
-    if args.fg is not None:
-        if args.threshold is not None:
-            raise ConfigError("--threshold and --fg/--bg are alternatives")
-        run.cfg = dataclasses.replace(run.cfg, eval=dataclasses.replace(
-            run.cfg.eval, mask_mode="confident", fg_margin=0.0, bg_margin=0.0))
-        out = run.write_masks(args.split, args.fg, bg_threshold=args.bg)
-    else:
-        threshold = args.threshold
-        if threshold is None:
-            threshold = read_json(run.folder / "metrics.json")["threshold"]
-        out = run.write_masks(args.split, threshold)
-    print(f"masks: {out}")
+    if args.fg is not None and args.threshold is not None:
+        raise ConfigError("--threshold and --fg/--bg are alternatives")
+    threshold = args.threshold
+    if threshold is None and args.fg is None:
+        threshold = read_json(run.folder / "metrics.json")["threshold"]  # chosen on val by `scarce evaluate`
+    confident = None if args.fg is None else (args.fg, args.bg)
+    print(f"masks: {run.write_masks(args.split, threshold if threshold is not None else args.bg, confident)}")
     return 0
 
 

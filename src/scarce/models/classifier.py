@@ -72,7 +72,9 @@ class CamClassifier(CamModel):
         self.backbone = backbone
         self.pool = pooling
         self.classifier = nn.Conv2d(feature_dim, num_classes, kernel_size=1, bias=False)
-        nn.init.xavier_uniform_(self.classifier.weight)
+        # Zero start: every logit is 0 and the loss starts at log 2 whatever the backbone's feature scale
+        # (the un-activated bottleneck features of EfficientNets are large, and a Xavier head diverges early).
+        nn.init.zeros_(self.classifier.weight)
         self.num_classes = num_classes
         self._mean_std = mean_std
 
