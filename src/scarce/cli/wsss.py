@@ -66,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--out", type=Path, help="write the scores to this JSON file")
     em.set_defaults(func=cmd_eval_masks)
 
+    compare = sub.add_parser("compare", add_help=False, prefix_chars="\0",
+                             help="CAM and the CAM method family on the scenes benchmark, several seeds, one table "
+                                  "(`scarce compare --help` for options)")
+    compare.add_argument("args", nargs=argparse.REMAINDER)
+    compare.set_defaults(func=cmd_compare)
+
     demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → scores → report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--config", type=Path, default=None, help="YAML overriding the defaults (see configs/)")
@@ -177,6 +183,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wall time {time.perf_counter() - started:.0f} s (stages: "
           + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["timings_s"].items()) + ")")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from scarce.methods.compare import main as compare_main
+
+    return compare_main(args.args)
 
 
 def print_summary(metrics: dict, folder: Path) -> None:

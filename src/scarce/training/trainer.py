@@ -38,7 +38,7 @@ from scarce.training.transforms import AugmentConfig, augment, sample_generator,
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 0.01
     head_lr_mult: float = 10.0

@@ -25,7 +25,7 @@ def to_tensor(image: np.ndarray, mean_std: tuple[tuple[float, ...], tuple[float,
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    crop_size: int = 160
+    crop_size: int = 128
     scale_range: tuple[float, float] = (0.7, 1.3)
     hflip: bool = True
 
