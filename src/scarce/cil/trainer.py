@@ -1,0 +1,380 @@
+"""One training loop for every method: seeding, epochs, progress bars, checkpoints, resume, evaluation.
+
+Reproducibility: every random draw of the loop comes from a generator seeded by (run seed, phase, epoch,
+step, purpose) — the epoch's shuffling, each batch's augmentation, the memory's random selection — and the
+global RNG is re-seeded from (seed, phase) before a phase builds its new layers. A mid-phase checkpoint
+therefore only needs the position (phase, epoch, step) plus the model, optimiser and scheduler states for a
+resumed run to replay exactly what an uninterrupted run does (same device and thread count; on CUDA the
+deterministic kernels are switched on).
+
+Checkpoints (``RUN/checkpoints/last.pt``, written atomically) hold the learner (model, teacher, class means),
+optimiser, scheduler, RNG states, memory and the accuracy rows so far. One is written every
+``train.checkpoint_every`` optimiser steps and at the end of every phase (kept as ``phase_K.pt`` too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from scarce.cil.config import CILConfig
+from scarce.cil.data import CILData, Preprocess, load_cifar100, load_fashion_mnist_cil, load_imagenet_subset
+from scarce.cil.memory import Memory
+from scarce.cil.methods import Learner, PhaseContext, build_learner
+from scarce.cil.metrics import AccuracyMatrix, compute_metrics, DEFINITIONS
+from scarce.cil.models import build_backbone
+from scarce.cil.protocol import Protocol, Scenario
+from scarce.config import to_dict
+from scarce.errors import ConfigError, TrainingError
+from scarce.io import read_json, save_torch, write_json, write_text
+
+CHECKPOINT_VERSION = 1
+StepCallback = Callable[["Trainer", int, int, int], None]  # (trainer, phase, epoch, step) after each step
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of values (stable across processes, unlike ``hash``)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_generator(*parts: Any) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*parts))
+    return g
+
+
+@contextmanager
+def deterministic(device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """Deterministic kernels on CUDA (CPU kernels already are, for a fixed thread count; switching the flag on
+    costs seconds of imports there) and optionally a thread count, both restored afterwards."""
+    previous, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if device.type == "cuda":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if device.type == "cuda":
+            torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(previous_threads)
+
+
+def load_data(cfg: CILConfig) -> CILData:
+    d = cfg.data
+    if d.name == "fashion_mnist":
+        data = load_fashion_mnist_cil(d.root, d.subset)
+    elif d.name == "cifar100":
+        if not d.root:
+            raise ConfigError("data.root: give the CIFAR-100 python folder (meta, train, test)")
+        data = load_cifar100(d.root)
+    elif d.name == "imagenet_subset":
+        if not d.root:
+            raise ConfigError("data.root: give the ImageNet-subset folder (train/, val/, classes.txt)")
+        data = load_imagenet_subset(d.root, d.class_list, d.image_size, d.cache)
+    else:
+        raise ConfigError(f"data.name: unknown dataset {d.name!r}; known: fashion_mnist, cifar100, imagenet_subset")
+    if d.train_per_class is not None or d.test_per_class is not None:
+        data = data.subsample(d.train_per_class, d.test_per_class, d.subsample_seed)
+    return data
+
+
+def build_protocol(cfg: CILConfig, data: CILData) -> Protocol:
+    p = cfg.protocol
+    return Protocol.build(
+        data.n_classes, class_order=p.class_order, n_base=p.n_base, n_phases=p.n_phases, increment=p.increment,
+        memory=to_dict(p.memory), class_names=data.class_names,
+    )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    matrices: dict[str, AccuracyMatrix]  # per evaluation head ("cnn", "nme")
+    metrics: dict[str, Any]  # the content of metrics.json
+
+
+class Trainer:
+    """Runs one configuration into ``run_dir`` (``acc_matrix.json``, ``metrics.json``, ``report.html``)."""
+
+    def __init__(self, cfg: CILConfig, run_dir: str | Path, *, progress: bool = True,
+                 callbacks: list[StepCallback] | tuple[StepCallback, ...] = (), data: CILData | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.train.device == "auto" else cfg.train.device)
+        self.data = data if data is not None else load_data(cfg)
+        self.protocol = build_protocol(cfg, self.data)
+        self.scenario = Scenario(self.protocol, self.data.train.labels, self.data.test.labels)
+        augment = self.data.default_augment if cfg.data.augment == "auto" else cfg.data.augment
+        self.pre = Preprocess(self.data.mean, self.data.std, augment)
+        sample = self.data.train.load(np.array([0]))
+        self.in_channels, self.image_size = int(sample.shape[1]), int(sample.shape[-1])
+        self.learner = self._new_learner()
+        self.memory = Memory(self.protocol.memory)
+        self.rows: dict[str, list[list[float]]] = {h: [] for h in self.learner.eval_heads}
+        self.train_time = 0.0
+        self.global_step = 0
+
+    # --- construction ---------------------------------------------------------------------------
+    def _new_learner(self) -> Learner:
+        torch.manual_seed(derive_seed(self.cfg.seed, "init"))
+        return build_learner(
+            self.cfg.method,
+            lambda last_relu: build_backbone(self.cfg.model.backbone, self.in_channels, self.image_size, last_relu),
+            self.device,
+        )
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def context(self, phase: int) -> PhaseContext:
+        def load(indices: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+            return self.pre(self.data.train.load(indices), generator).to(self.device)
+
+        return PhaseContext(
+            phase=phase, protocol=self.protocol, scenario=self.scenario, memory=self.memory, device=self.device,
+            flips=self.pre.flips, load=load, generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
+            batch_size=self.cfg.train.batch_size,
+        )
+
+    def _optimizer(self, ctx: PhaseContext) -> tuple[torch.optim.Optimizer, Any, int]:
+        t = self.cfg.train
+        epochs = t.base_epochs if (ctx.phase == 0 and t.base_epochs is not None) else t.epochs
+        lr = t.base_lr if (ctx.phase == 0 and t.base_lr is not None) else t.lr
+        params = list(self.learner.trainable_parameters(ctx))
+        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        if t.schedule == "multistep":
+            milestones = sorted({max(1, round(m * epochs)) for m in t.milestones})
+            sched: Any = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=t.gamma)
+        elif t.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        elif t.schedule == "constant":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        else:
+            raise ConfigError(f"train.schedule: unknown schedule {t.schedule!r}; known: multistep, cosine, constant")
+        return opt, sched, epochs
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def _save(self, phase: int, stage: str, epoch: int = 0, step: int = 0, opt=None, sched=None) -> None:
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "config": to_dict(self.cfg),
+            "phase": phase, "stage": stage, "epoch": epoch, "step": step,
+            "global_step": self.global_step,
+            "learner": self.learner.state_dict(),
+            "optimizer": None if opt is None else opt.state_dict(),
+            "scheduler": None if sched is None else sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "memory": self.memory.state_dict(),
+            "rows": self.rows,
+            "train_time": self.train_time + (time.perf_counter() - self._t0),
+        }
+        save_torch(self.checkpoint_path, state)
+        if stage == "done" and self.cfg.train.keep_phase_checkpoints:
+            save_torch(self.run_dir / "checkpoints" / f"phase_{phase}.pt", state)
+
+    def _load(self) -> dict[str, Any]:
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise ConfigError(f"{path}: no checkpoint to resume from (run without --resume to start)")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise TrainingError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise TrainingError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+        if state["config"] != to_dict(self.cfg):
+            diff = _dict_diff(state["config"], to_dict(self.cfg))
+            raise ConfigError(f"{path}: the checkpoint was made with a different configuration ({'; '.join(diff[:5])})")
+        self.learner.load_state_dict(state["learner"])
+        self.memory.load_state_dict(state["memory"])
+        self.rows = state["rows"]
+        self.train_time = state["train_time"]
+        self.global_step = state["global_step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        return state
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> RunResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.perf_counter()
+        state = self._load() if resume else None
+        if not resume:
+            write_text(self.run_dir / "config.yaml", _yaml(self.cfg))
+        start_phase = 0
+        if state is not None:
+            start_phase = state["phase"] + 1 if state["stage"] == "done" else state["phase"]
+        with deterministic(self.device, self.cfg.train.threads):
+            for phase in range(start_phase, self.protocol.n_tasks):
+                mid = state if (state is not None and state["phase"] == phase and state["stage"] == "train") else None
+                self._run_phase(phase, mid)
+                self._write_outputs(final=phase == self.protocol.n_tasks - 1)
+        if start_phase >= self.protocol.n_tasks:  # resumed a finished run: rewrite the outputs
+            self._write_outputs(final=True)
+        return self.result()
+
+    def _run_phase(self, phase: int, mid: dict[str, Any] | None) -> None:
+        ctx = self.context(phase)
+        if mid is None:
+            torch.manual_seed(derive_seed(self.cfg.seed, phase, "build"))
+            self.learner.before_phase(ctx)
+        opt, sched, epochs = self._optimizer(ctx)
+        start_epoch = start_step = 0
+        if mid is not None:
+            opt.load_state_dict(mid["optimizer"])
+            sched.load_state_dict(mid["scheduler"])
+            start_epoch, start_step = mid["epoch"], mid["step"]
+        self._train(ctx, opt, sched, epochs, start_epoch, start_step)
+        self.learner.update_memory(ctx)
+        self.memory.assert_within_budget()
+        self.learner.after_phase(ctx)
+        self._evaluate(ctx)
+        self._save(phase, "done")
+
+    def _batches(self, indices: np.ndarray, phase: int, epoch: int) -> list[np.ndarray]:
+        bs = self.cfg.train.batch_size
+        perm = torch.randperm(len(indices), generator=make_generator(self.cfg.seed, phase, epoch, "shuffle")).numpy()
+        order = indices[perm]
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm cannot train on one image
+            batches.pop()
+        return batches
+
+    def _train(self, ctx: PhaseContext, opt, sched, epochs: int, start_epoch: int, start_step: int) -> None:
+        indices = self.learner.train_indices(ctx)
+        n_batches = len(self._batches(indices, ctx.phase, 0))
+        net = self.learner.net
+        bar = _progress(total=epochs * n_batches, initial=start_epoch * n_batches + start_step,
+                        desc=f"{self.learner.name} phase {ctx.phase}/{self.protocol.n_phases}", disable=not self.progress)
+        every = self.cfg.train.checkpoint_every
+        try:
+            for epoch in range(start_epoch, epochs):
+                net.train()
+                batches = self._batches(indices, ctx.phase, epoch)
+                for step in range(start_step if epoch == start_epoch else 0, len(batches)):
+                    idx = batches[step]
+                    x = ctx.load(idx, make_generator(self.cfg.seed, ctx.phase, epoch, step, "augment"))
+                    y = ctx.targets(idx)
+                    loss, logs = self.learner.loss(x, y, ctx)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"non-finite loss ({loss.item()}; parts {logs}) in phase {ctx.phase}, epoch {epoch}, step {step} "
+                            f"of method {self.learner.name}; the last checkpoint {self.checkpoint_path} is kept "
+                            "(lower train.lr or check the data)"
+                        )
+                    net.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    self.global_step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                    if every and self.global_step % every == 0:
+                        self._save(ctx.phase, "train", epoch, step + 1, opt, sched)
+                    for callback in self.callbacks:
+                        callback(self, ctx.phase, epoch, step)
+                sched.step()
+        finally:
+            bar.close()
+
+    @torch.no_grad()
+    def _evaluate(self, ctx: PhaseContext) -> None:
+        net = self.learner.net
+        net.eval()
+        idx = self.scenario.test_indices(ctx.phase)
+        targets = torch.as_tensor(self.scenario.test_targets[idx])
+        tasks = torch.as_tensor(self.scenario.test_task(idx))
+        preds: dict[str, list[torch.Tensor]] = {h: [] for h in self.learner.eval_heads}
+        bs = self.cfg.train.eval_batch_size
+        for start in range(0, len(idx), bs):
+            x = self.pre(self.data.test.load(idx[start : start + bs])).to(self.device)
+            for head, scores in self.learner.predict(x).items():
+                preds[head].append(scores.argmax(dim=1).cpu())
+        for head in self.learner.eval_heads:
+            correct = (torch.cat(preds[head]) == targets).double()
+            row = [100.0 * float(correct[tasks == t].mean()) for t in range(ctx.phase + 1)]
+            self.rows[head].append(row)
+        net.train()
+
+    # --- outputs --------------------------------------------------------------------------------
+    def matrices(self) -> dict[str, AccuracyMatrix]:
+        sizes = self.scenario.task_sizes()
+        return {h: AccuracyMatrix(rows, sizes) for h, rows in self.rows.items() if rows}
+
+    def result(self) -> RunResult:
+        mats = self.matrices()
+        return RunResult(self.run_dir, mats, read_json(self.run_dir / "metrics.json"))
+
+    def _write_outputs(self, final: bool) -> None:
+        mats = self.matrices()
+        write_json(self.run_dir / "acc_matrix.json", {
+            "unit": "percent",
+            "description": "per_task[p][t]: top-1 accuracy after phase p on the test images of the classes introduced "
+                           "in phase t, predicting among all classes seen so far",
+            "protocol": self.protocol.to_dict(),
+            "tasks": [list(self.protocol.task_classes(t)) for t in range(self.protocol.n_tasks)],
+            "task_sizes": self.scenario.task_sizes(),
+            "heads": {h: {"per_task": m.per_task} for h, m in mats.items()},
+        })
+        elapsed = self.train_time + (time.perf_counter() - self._t0)
+        metrics = {
+            "method": self.learner.name,
+            "seed": self.cfg.seed,
+            "dataset": self.data.name,
+            "data_source": self.data.source,
+            "protocol": self.protocol.describe(),
+            "complete": final,
+            "phases_done": len(next(iter(self.rows.values()))),
+            "primary_head": self.learner.primary_head,
+            "heads": {h: compute_metrics(m) for h, m in mats.items()},
+            "memory_per_class": {str(k): v for k, v in self.memory.counts().items()},
+            "wall_time_s": elapsed,
+            "unit": "percent",
+            "definitions": DEFINITIONS,
+        }
+        write_json(self.run_dir / "metrics.json", metrics)
+        if final:
+            from scarce.cil.report import write_run_report
+
+            write_run_report(self.run_dir, metrics, {h: m for h, m in mats.items()}, self.protocol)
+
+
+def _progress(**kwargs: Any):
+    from tqdm.auto import tqdm
+
+    return tqdm(leave=False, dynamic_ncols=True, **kwargs)
+
+
+def _yaml(cfg: CILConfig) -> str:
+    from scarce.config import dump_yaml
+
+    return dump_yaml(cfg)
+
+
+def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _dict_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} → {b!r}"]
+
+
+def run(cfg: CILConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+        callbacks: list[StepCallback] | tuple[StepCallback, ...] = (), data: CILData | None = None) -> RunResult:
+    """Run (or resume) one class-incremental experiment into ``run_dir``."""
+    return Trainer(cfg, run_dir, progress=progress, callbacks=callbacks, data=data).run(resume=resume)

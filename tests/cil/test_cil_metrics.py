@@ -1,0 +1,50 @@
+import pytest
+
+from scarce.cil import (
+    AccuracyMatrix,
+    average_incremental_accuracy,
+    compute_metrics,
+    forgetting_base,
+    forgetting_initial,
+    forgetting_max,
+    last_accuracy,
+)
+
+# Hand-made: 3 tasks with 200, 100, 100 test images. Task 0 improves after phase 1 (95 > 90), so the two
+# forgetting definitions differ.
+A = [[90.0], [95.0, 80.0], [50.0, 60.0, 85.0]]
+M = AccuracyMatrix(A, [200, 100, 100])
+
+
+def test_seen_old_new_accuracy_are_size_weighted():
+    assert M.seen_accuracy(0) == 90.0
+    assert M.seen_accuracy(1) == pytest.approx((95 * 200 + 80 * 100) / 300)  # 90.0
+    assert M.seen_accuracy(2) == pytest.approx((50 * 200 + 60 * 100 + 85 * 100) / 400)  # 61.25
+    assert M.old_accuracy(0) is None and M.old_accuracy(2) == pytest.approx(16000 / 300)
+    assert [M.new_accuracy(p) for p in range(3)] == [90.0, 80.0, 85.0]
+
+
+def test_summary_metrics_against_hand_computation():
+    assert average_incremental_accuracy(M) == pytest.approx((90 + 90 + 61.25) / 3)  # base phase included
+    assert last_accuracy(M) == pytest.approx(61.25)
+    assert forgetting_max(M) == pytest.approx(((95 - 50) + (80 - 60)) / 2)  # 32.5
+    assert forgetting_initial(M) == pytest.approx(((90 - 50) + (80 - 60)) / 2)  # 30.0
+    assert forgetting_base(M) == pytest.approx(40.0)
+    assert forgetting_max(M, phase=1) == pytest.approx(-5.0) and forgetting_initial(M, phase=1) == pytest.approx(-5.0)
+
+
+def test_compute_metrics_curves_and_partial_runs():
+    m = compute_metrics(M)
+    assert m["seen_accuracy"] == pytest.approx([90.0, 90.0, 61.25])
+    assert m["old_accuracy"][0] is None and m["old_accuracy"][1] == 95.0
+    assert m["forgetting_max_per_phase"][0] is None and m["forgetting_max_per_phase"][2] == pytest.approx(32.5)
+    partial = compute_metrics(AccuracyMatrix([[70.0]], [10, 10]))
+    assert partial["forgetting_max"] is None and partial["average_incremental_accuracy"] == 70.0
+
+
+def test_malformed_matrices_are_rejected():
+    with pytest.raises(ValueError, match="row 1"):
+        AccuracyMatrix([[1.0], [1.0]], [1, 1])
+    with pytest.raises(ValueError, match="rows"):
+        AccuracyMatrix([[1.0], [1.0, 2.0], [1, 2, 3]], [1, 1])
+    assert AccuracyMatrix.from_dict(M.to_dict()).per_task == A

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from scarce.cil import run
+from scarce.cil.trainer import Trainer
+from scarce.errors import ConfigError, TrainingError
+
+from cil_helpers import tiny_config
+
+
+class Kill(Exception):
+    pass
+
+
+def kill_after(n_steps):
+    def callback(trainer, phase, epoch, step):
+        if trainer.global_step == n_steps:
+            raise Kill(f"simulated kill at phase {phase} step {step}")
+
+    return callback
+
+
+@pytest.mark.parametrize("method, kill_at", [("icarl", 10), ("podnet", 5)])
+def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, tmp_path):
+    # 2 epochs per phase, checkpoints every 3 steps: the kill lands mid-phase, between two checkpoints
+    extra = ("train.epochs=2", "method.balanced_finetune_epochs=2") if method == "podnet" else ("train.epochs=2",)
+    cfg = tiny_config(method, *extra)
+    full = run(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(Kill):
+        Trainer(cfg, tmp_path / "killed", progress=False, callbacks=[kill_after(kill_at)]).run()
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["stage"] == "train" and state["global_step"] < kill_at
+    resumed = run(cfg, tmp_path / "killed", resume=True, progress=False)
+    for head in full.matrices:
+        assert resumed.matrices[head].per_task == full.matrices[head].per_task
+    a = json.loads((tmp_path / "full" / "acc_matrix.json").read_text())
+    b = json.loads((tmp_path / "killed" / "acc_matrix.json").read_text())
+    assert a == b
+    final_a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)["learner"]["net"]
+    final_b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)["learner"]["net"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_resume_at_a_phase_boundary_and_of_a_finished_run(tmp_path):
+    cfg = tiny_config("lwf")
+    full = run(cfg, tmp_path / "full", progress=False)
+
+    def stop_in_phase_2(trainer, phase, epoch, step):
+        if phase == 2:
+            raise Kill()
+
+    cfg2 = tiny_config("lwf", "train.checkpoint_every=0")  # only end-of-phase checkpoints
+    with pytest.raises(Kill):
+        Trainer(cfg2, tmp_path / "b", progress=False, callbacks=[stop_in_phase_2]).run()
+    assert (tmp_path / "b" / "checkpoints" / "phase_1.pt").is_file()
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["complete"] is False
+    resumed = run(cfg2, tmp_path / "b", resume=True, progress=False)
+    assert resumed.matrices["cnn"].per_task == full.matrices["cnn"].per_task
+    again = run(cfg2, tmp_path / "b", resume=True, progress=False)  # finished: nothing to train
+    assert again.matrices["cnn"].per_task == full.matrices["cnn"].per_task
+    for name in ("acc_matrix.json", "metrics.json", "report.html", "config.yaml"):
+        assert (tmp_path / "b" / name).is_file()
+
+
+def test_resume_refuses_a_different_config_or_a_missing_checkpoint(tmp_path):
+    run(tiny_config("finetune"), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"different configuration \(train.lr: 0.05 → 0.1"):
+        run(tiny_config("finetune", "train.lr=0.1"), tmp_path, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run(tiny_config("finetune"), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_nan_loss_names_phase_epoch_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config("finetune"), tmp_path, progress=False)
+    original = trainer.learner.loss
+    calls = {"n": 0}
+
+    def poisoned(x, y, ctx):
+        loss, logs = original(x, y, ctx)
+        calls["n"] += 1
+        return (loss * float("nan"), logs) if ctx.phase == 1 and calls["n"] > 6 else (loss, logs)
+
+    monkeypatch.setattr(trainer.learner, "loss", poisoned)
+    # phase 0 has 4 steps (60 images, batch 16); the 3rd step of phase 1 (step 2) is the first poisoned one
+    with pytest.raises(TrainingError, match=r"non-finite loss .* in phase 1, epoch 0, step 2 of method finetune") as err:
+        trainer.run()
+    assert "last.pt" in str(err.value)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert (state["phase"], state["stage"], state["epoch"], state["step"], state["global_step"]) == (1, "train", 0, 2, 6)
+    assert all(torch.isfinite(v).all() for v in state["learner"]["net"].values() if v.is_floating_point())
+
+
+def test_same_seed_same_matrix_different_seed_different(tmp_path):
+    a = run(tiny_config("icarl", "seed=3"), tmp_path / "a", progress=False)
+    b = run(tiny_config("icarl", "seed=3"), tmp_path / "b", progress=False)
+    c = run(tiny_config("icarl", "seed=4"), tmp_path / "c", progress=False)
+    assert a.matrices["nme"].per_task == b.matrices["nme"].per_task
+    assert a.matrices["cnn"].per_task != c.matrices["cnn"].per_task
