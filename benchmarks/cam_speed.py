@@ -42,14 +42,17 @@ def scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(images, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
 
 
-def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up (allocator, oneDNN kernels)
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+def time_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median time of each function, runs interleaved (A B C A B C ...) so that a load change on the machine
+    hits every contender alike; one warm-up round first (allocator, oneDNN kernels)."""
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                runs[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in runs.items()}
 
 
 def bare_forward(model, images: torch.Tensor) -> None:
@@ -106,7 +109,7 @@ def torchcam_peer(model, layer_name: str, images: torch.Tensor, classes: list[li
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--models", nargs="+", default=["resnet50", "tf_efficientnet_lite0"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -129,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         extractor = CamExtractor(model, CamConfig(scales=SCALES, flip=True))
         layer_name = "backbone." + model.backbone.feature_info.module_name()[-1]
         layer = dict(model.named_modules())[layer_name]
-        t_fwd = time_it(lambda: bare_forward(model, images), args.repeats)
-        t_ours = time_it(lambda: scarce_cams(extractor, images, classes), args.repeats)
-        peer_repeats = max(1, args.repeats // 3)
-        t_gc = time_it(lambda: gradcam_peer(model, layer, images, classes), peer_repeats)
-        t_tc = time_it(lambda: torchcam_peer(model, layer_name, images, classes, shared=False), peer_repeats)
-        t_tcs = time_it(lambda: torchcam_peer(model, layer_name, images, classes, shared=True), peer_repeats)
+        t = time_interleaved({
+            "forward": lambda: bare_forward(model, images),
+            "scarce": lambda: scarce_cams(extractor, images, classes),
+            "gradcam": lambda: gradcam_peer(model, layer, images, classes),
+            "torchcam": lambda: torchcam_peer(model, layer_name, images, classes, shared=False),
+            "torchcam_shared": lambda: torchcam_peer(model, layer_name, images, classes, shared=True),
+        }, args.repeats)
+        t_fwd, t_ours, t_gc, t_tc, t_tcs = (t[k] for k in ("forward", "scarce", "gradcam", "torchcam", "torchcam_shared"))
         print(f"{name:24s} {t_fwd:9.3f} {t_ours:9.3f} {t_ours / t_fwd:9.3f} {t_gc:10.3f} {t_gc / t_ours:9.2f} "
               f"{t_tc:10.3f} {t_tc / t_ours:9.2f} {t_tcs / t_ours:12.2f}")
         sys.stdout.flush()

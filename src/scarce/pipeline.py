@@ -32,7 +32,7 @@ from scarce.config import dump_yaml, from_dict, load_yaml, to_dict
 from scarce.data.base import Sample, WeakDataset, open_dataset
 from scarce.data.scenes import ScenesConfig, generate_scenes
 from scarce.errors import ConfigError, ScarceError
-from scarce.io import write_json, write_text
+from scarce.io import read_json, write_json, write_text
 from scarce.metrics.segmentation import ThresholdSweep
 from scarce.models.classifier import CamClassifier, ModelConfig, build_classifier
 from scarce.pseudo.masks import cams_to_confident_labels, cams_to_labels, save_label_png
@@ -186,6 +186,7 @@ class Run:
                 "rule": "background plane at threshold t, argmax over [bg, CAMs of the image's classes]",
                 "oracle": f"best threshold of the sweep on {test} itself (uses {test} ground truth; for reference only)",
             },
+            "data": self.data_provenance(),
             "classes": class_names,
             "threshold": chosen,
             "val_peak_miou": float(val_curve["best_miou"]),
@@ -195,6 +196,14 @@ class Run:
             "curves": {"thresholds": list(map(float, test_curve["thresholds"])),
                        "val_miou": list(map(float, val_curve["miou"])), "test_miou": list(map(float, test_curve["miou"]))},
         }
+
+    def data_provenance(self) -> dict[str, Any]:
+        """Where the scored data came from (the scenes differ between the full Fashion-MNIST and the shipped subset)."""
+        info: dict[str, Any] = {"kind": self.cfg.data.kind, "root": str(self.data_root)}
+        scenes = self.data_root / "scenes.json"
+        if self.cfg.data.kind == "scenes" and scenes.is_file():
+            info["fashion_mnist"] = read_json(scenes).get("fashion_mnist")
+        return info
 
     def write_masks(self, split: str, threshold: float, confident: tuple[float, float] | None = None) -> Path:
         """Label PNGs of a split: background below ``threshold``, or with ``confident = (fg, bg)`` thresholds,
