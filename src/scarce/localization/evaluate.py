@@ -1,0 +1,71 @@
+"""Scoring CAMs of a dataset split with the WSOL metrics, under the held-out-threshold protocol.
+
+Maps are those the pipeline writes (``scarce.pipeline.extract_cams``: one ``<stem>.npz`` per image with
+the maps of the image's own classes, i.e. the "ground-truth-known" setting of WSOL). Each (image, class)
+pair is one case: its map is scored against that class's boxes and against the class's pixels of the
+label map (foreground = ``class + 1``, ignore = 255, every other pixel background).
+
+Top-1 localization needs the classifier's prediction: a case's class is "right" when it is among the
+image's top-L predicted classes, L being the number of classes the image holds (for single-label data
+this is the usual top-1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scarce.cams.store import load_cam
+from scarce.data.base import IGNORE_INDEX, WeakDataset
+from scarce.localization.metrics import V2_IOU, WsolEvaluator
+from scarce.models.classifier import CamModel
+from scarce.training import to_tensor
+
+
+@dataclass(frozen=True)
+class WsolMetricsConfig:
+    """Settings of the WSOL evaluators (see :mod:`scarce.localization.metrics`)."""
+
+    interval: float = 0.01
+    iou_thresholds: tuple[float, ...] = V2_IOU
+    convention: str = "wsolevaluation"
+
+    def evaluator(self) -> WsolEvaluator:
+        return WsolEvaluator(self.interval, self.iou_thresholds, self.convention)
+
+
+@torch.no_grad()
+def predicted_scores(model: CamModel, dataset: WeakDataset) -> dict[str, np.ndarray]:
+    """Classifier logits (C,) of every image of ``dataset``, keyed by stem (one image at a time: sizes may differ)."""
+    model.eval()
+    out = {}
+    for sample in dataset.samples:
+        image = to_tensor(dataset.load_image(sample), model.mean_std)[None]
+        out[sample.stem] = model(image)[0].float().numpy()
+    return out
+
+
+def evaluate_cam_folder(dataset: WeakDataset, cam_dir: str | Path, metrics: WsolMetricsConfig = WsolMetricsConfig(),
+                        scores: dict[str, np.ndarray] | None = None) -> WsolEvaluator:
+    """Feed every (image, class) map under ``cam_dir`` to a fresh evaluator; ``scores`` enable top-1 loc."""
+    cam_dir = Path(cam_dir)
+    evaluator = metrics.evaluator()
+    for sample in dataset.samples:
+        if not sample.labels:
+            continue
+        cams, keys = load_cam(cam_dir / f"{sample.stem}.npz")
+        mask = dataset.load_mask(sample) if dataset.has_mask(sample) else None
+        top: set[int] | None = None
+        if scores is not None:
+            top = set(np.argsort(-scores[sample.stem], kind="stable")[: len(sample.labels)].tolist())
+        for cam, key in zip(cams, keys.tolist()):
+            boxes = [(b.x0, b.y0, b.x1, b.y1) for b in sample.boxes if b.label == key]
+            foreground = ignore = None
+            if mask is not None:
+                foreground, ignore = mask == key + 1, mask == IGNORE_INDEX
+            evaluator.update(np.asarray(cam, dtype=np.float64), boxes or None, foreground, ignore,
+                             None if top is None else key in top)
+    return evaluator

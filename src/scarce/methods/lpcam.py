@@ -1,0 +1,288 @@
+"""LPCAM (Chen et al., "Extracting Class Activation Maps from Non-Discriminative Features as well", CVPR'23).
+
+A CAM method with state learned from the training split (``prepare``):
+
+1. **Collect** last-layer features of the training images. For each positive class c of an image, a pixel is
+   a *foreground* feature of c when the image's max-normalised CAM of c exceeds ``select_thres`` (0.1) and a
+   *context* feature of c otherwise. Features are streamed batch by batch into a bounded reservoir sample per
+   (class, kind) of at most ``max_features`` vectors, so memory is at most ``2 · C · max_features · D · 4``
+   bytes whatever the split size (LPCAM keeps every feature map of the split in RAM, ≈9 GB on VOC).
+2. **Cluster** each class's foreground and context features separately with cosine k-means (K = 12),
+   k-means++ seeding, capped at ``max_iter`` iterations (LPCAM's ``kmeans_pytorch`` has no cap and diverges
+   on background features, LPCAM issue #5) and stopped when no centre direction moves more than ``tol``.
+   Centres are the mean raw features of their members (as ``kmeans_pytorch`` computes them).
+3. **Select** prototypes with the classifier: p = softmax(centre · Wᵀ) over the C classes. Foreground
+   centres with p_c > ``class_thres`` (0.9) are class prototypes; context centres with
+   ``context_thres_low`` (0.05) < p_c < ``context_thres`` (0.9) are context prototypes. When no foreground
+   centre passes, the one with the highest p_c is kept so that every seen class has a prototype.
+
+Inference: ``LPCAM_c(x) = mean_k cos(F(x), P_k) − mean_j cos(F(x), Q_j)`` (ReLU'd by the core), computed for
+all prototypes with one normalised matmul, then the shared multi-scale/flip/normalisation core. (LPCAM sums
+the features of the flipped pair before the cosine; here, like every method, the maps of the pair are summed.)
+
+The foreground/context split uses the scale-1 CAM of the very forward pass that yields the features (LPCAM
+uses the multi-scale IRN CAM resized to the feature grid), which saves a multi-scale pass over the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scarce.cams.base import CamConfig, CamMethod, register_cam_method
+from scarce.config import from_dict
+from scarce.errors import ConfigError
+from scarce.models.classifier import CamModel
+
+
+@dataclass(frozen=True)
+class LpcamOptions:
+    k: int = 12
+    select_thres: float = 0.1
+    class_thres: float = 0.9
+    context_thres_low: float = 0.05
+    context_thres: float = 0.9
+    max_features: int = 4096  # per (class, foreground|context) reservoir
+    max_iter: int = 100
+    tol: float = 1e-4
+    seed: int = 0
+    batch_size: int = 16
+
+
+class Reservoir:
+    """Bounded uniform samples of feature vectors per key (Vitter's algorithm R, vectorised per chunk).
+
+    After n vectors were offered under one key, it holds min(n, capacity) of them, each of the n equally
+    likely to be among them; memory never exceeds ``capacity · dim · 4`` bytes per key.
+    """
+
+    def __init__(self, capacity: int, dim: int, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"reservoir capacity must be >= 1, got {capacity}")
+        self.capacity, self.dim = capacity, dim
+        self.rng = np.random.default_rng(seed)
+        self.buffers: dict[Any, np.ndarray] = {}
+        self.filled: dict[Any, int] = {}
+        self.seen: dict[Any, int] = {}
+
+    def add(self, key: Any, items: np.ndarray) -> None:
+        items = np.asarray(items, dtype=np.float32).reshape(-1, self.dim)
+        if key not in self.buffers:
+            self.buffers[key] = np.empty((self.capacity, self.dim), dtype=np.float32)
+            self.filled[key], self.seen[key] = 0, 0
+        buffer, filled, seen = self.buffers[key], self.filled[key], self.seen[key]
+        direct = min(self.capacity - filled, len(items))
+        buffer[filled : filled + direct] = items[:direct]
+        rest = items[direct:]
+        if len(rest):
+            positions = seen + direct + np.arange(len(rest))  # 0-based stream index of each item
+            slots = self.rng.integers(0, positions + 1)  # uniform in [0, position]
+            keep = np.flatnonzero(slots < self.capacity)
+            if keep.size:
+                # Sequential semantics: when several items hit one slot, the last one stays.
+                reversed_slots = slots[keep][::-1]
+                _, first = np.unique(reversed_slots, return_index=True)
+                chosen = keep[::-1][first]
+                buffer[slots[chosen]] = rest[chosen]
+        self.filled[key] = filled + direct
+        self.seen[key] = seen + len(items)
+
+    def get(self, key: Any) -> np.ndarray:
+        """The sample held for ``key`` ((0, dim) when nothing was offered)."""
+        if key not in self.buffers:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.buffers[key][: self.filled[key]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buffer.nbytes for buffer in self.buffers.values())
+
+
+def cosine_kmeans(x: torch.Tensor, k: int, max_iter: int = 100, tol: float = 1e-4,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Cosine k-means of (n, D) vectors: (centres (k', D) as raw member means, labels (n,), iterations).
+
+    k' = min(k, n). Assignment by the largest cosine similarity to a centre; k-means++ seeding on the cosine
+    distance; an emptied cluster is re-seeded at the vector farthest from its centre. Stops after
+    ``max_iter`` updates or when no centre direction moves more than ``tol`` (L2 between unit vectors).
+    """
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"k-means needs a non-empty (n, D) tensor, got shape {tuple(x.shape)}")
+    x = x.float()
+    unit = F.normalize(x, dim=1)
+    k = min(k, len(x))
+    chosen = [int(torch.randint(len(x), (1,), generator=generator))]
+    best = unit @ unit[chosen[0]]
+    for _ in range(1, k):
+        distance = (1.0 - best).clamp_min(0.0) ** 2
+        if float(distance.sum()) <= 0:
+            pick = int(torch.randint(len(x), (1,), generator=generator))
+        else:
+            pick = int(torch.multinomial(distance, 1, generator=generator))
+        chosen.append(pick)
+        best = torch.maximum(best, unit @ unit[pick])
+    centres = x[chosen].clone()
+    labels = torch.zeros(len(x), dtype=torch.long)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        similarity = unit @ F.normalize(centres, dim=1).T
+        labels = similarity.argmax(dim=1)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        new = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel():
+            fit = similarity.gather(1, labels[:, None])[:, 0]
+            far = torch.argsort(fit)[: empty.numel()]
+            new[empty] = x[far]
+        shift = (F.normalize(new, dim=1) - F.normalize(centres, dim=1)).norm(dim=1).max()
+        centres = new
+        if float(shift) <= tol and not empty.numel():
+            break
+    labels = (unit @ F.normalize(centres, dim=1).T).argmax(dim=1)
+    return centres, labels, iterations
+
+
+def select_prototypes(centres: torch.Tensor, class_weights: torch.Tensor, class_index: int,
+                      low: float, high: float | None, fallback_best: bool) -> torch.Tensor:
+    """Centres whose classifier probability p_c = softmax(centre · Wᵀ)[c] lies in (low, high)."""
+    if len(centres) == 0:
+        return centres
+    prob = torch.softmax(centres @ class_weights.T.to(centres), dim=1)[:, class_index]
+    keep = prob > low
+    if high is not None:
+        keep &= prob < high
+    if not keep.any() and fallback_best:
+        keep = prob == prob.max()
+    return centres[keep]
+
+
+def _image_batches(dataset, batch_size: int, mean_std) -> Iterator[tuple[list, torch.Tensor]]:
+    from scarce.training.transforms import to_tensor
+
+    batch: list = []
+    for sample in dataset.samples:
+        image = dataset.load_image(sample)
+        if batch and (len(batch) == batch_size or batch[0][1].shape != image.shape):
+            yield [s for s, _ in batch], torch.stack([to_tensor(i, mean_std) for _, i in batch])
+            batch = []
+        batch.append((sample, image))
+    if batch:
+        yield [s for s, _ in batch], torch.stack([to_tensor(i, mean_std) for _, i in batch])
+
+
+@register_cam_method("lpcam")
+class LpCam(CamMethod):
+    """Class and context prototypes: LPCAM_c = mean cos(F, class protos of c) − mean cos(F, context protos of c)."""
+
+    def __init__(self, cfg: CamConfig, options: LpcamOptions | None = None) -> None:
+        super().__init__(cfg)
+        self.options = options or from_dict(LpcamOptions, dict(getattr(cfg, "options", {}) or {}), "cam.options")
+        self.prototypes: dict[str, torch.Tensor] | None = None
+        self.stats: dict[str, Any] = {}
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def collect(self, model: CamModel, dataset) -> Reservoir:
+        """Stream the split once, filling the per-class foreground/context reservoirs."""
+        opts = self.options
+        weights = model.class_weights.detach()
+        reservoir = Reservoir(opts.max_features, weights.shape[1], opts.seed)
+        model.eval()
+        with torch.no_grad():
+            for samples, images in _image_batches(dataset, opts.batch_size, model.mean_std):
+                features = model.features(images)
+                cams = F.relu(torch.einsum("cd,bdhw->bchw", weights, features))
+                cams = cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
+                for b, sample in enumerate(samples):
+                    pixels = features[b].flatten(1).T  # (h·w, D)
+                    for c in sample.labels:
+                        foreground = (cams[b, c].flatten() > opts.select_thres)
+                        reservoir.add((c, "fg"), pixels[foreground].numpy())
+                        reservoir.add((c, "context"), pixels[~foreground].numpy())
+        return reservoir
+
+    def fit(self, model: CamModel, dataset) -> dict[str, torch.Tensor]:
+        opts = self.options
+        reservoir = self.collect(model, dataset)
+        weights = model.class_weights.detach().float()
+        generator = torch.Generator().manual_seed(opts.seed)
+        parts: dict[str, list[torch.Tensor]] = {"fg": [], "fg_owner": [], "context": [], "context_owner": []}
+        stats: dict[str, Any] = {"peak_reservoir_bytes": reservoir.nbytes, "classes": {}}
+        for c in range(weights.shape[0]):
+            entry: dict[str, Any] = {}
+            for kind, low, high, fallback in (("fg", opts.class_thres, None, True),
+                                              ("context", opts.context_thres_low, opts.context_thres, False)):
+                features = torch.from_numpy(reservoir.get((c, kind)).copy())
+                entry[f"{kind}_features"] = int(reservoir.seen.get((c, kind), 0))
+                if len(features) == 0:
+                    entry[f"{kind}_prototypes"] = 0
+                    continue
+                centres, _, iterations = cosine_kmeans(features, opts.k, opts.max_iter, opts.tol, generator)
+                kept = select_prototypes(centres, weights, c, low, high, fallback)
+                parts[kind].append(kept)
+                parts[f"{kind}_owner"].append(torch.full((len(kept),), c, dtype=torch.long))
+                entry[f"{kind}_prototypes"], entry[f"{kind}_iterations"] = len(kept), iterations
+            stats["classes"][c] = entry
+        dim = weights.shape[1]
+        self.prototypes = {
+            "fg": torch.cat(parts["fg"]) if parts["fg"] else torch.zeros(0, dim),
+            "fg_owner": torch.cat(parts["fg_owner"]) if parts["fg_owner"] else torch.zeros(0, dtype=torch.long),
+            "context": torch.cat(parts["context"]) if parts["context"] else torch.zeros(0, dim),
+            "context_owner": (torch.cat(parts["context_owner"]) if parts["context_owner"]
+                              else torch.zeros(0, dtype=torch.long)),
+            "num_classes": torch.tensor(weights.shape[0]),
+        }
+        self.stats = stats
+        return self.prototypes
+
+    def prepare(self, model: CamModel, train_set, work_dir: Path) -> None:
+        """Fit the prototypes on ``train_set`` (cached in ``work_dir/lpcam.pt`` for this model and options)."""
+        work_dir = Path(work_dir)
+        key = self._fingerprint(model)
+        path = work_dir / "lpcam.pt"
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            if saved.get("fingerprint") == key:
+                self.prototypes, self.stats = saved["prototypes"], saved.get("stats", {})
+                return
+        self.fit(model, train_set)
+        from scarce.io import save_torch
+
+        save_torch(path, {"fingerprint": key, "prototypes": self.prototypes, "stats": self.stats})
+
+    def _fingerprint(self, model: CamModel) -> str:
+        digest = hashlib.sha1(model.class_weights.detach().float().numpy().tobytes()).hexdigest()
+        return json.dumps({"options": asdict(self.options), "weights": digest}, sort_keys=True)
+
+    # -- maps ---------------------------------------------------------------------------------------
+    @staticmethod
+    def averaging(owner: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """(C, P) matrix whose row c averages the prototypes owned by class c (zeros when it has none)."""
+        matrix = torch.zeros(num_classes, len(owner))
+        if len(owner):
+            matrix[owner, torch.arange(len(owner))] = 1.0
+            matrix = matrix / matrix.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return matrix
+
+    def __call__(self, model: CamModel, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        if self.prototypes is None:
+            raise ConfigError("CAM method 'lpcam' has no prototypes: call prepare(model, train_set, work_dir) first")
+        protos = self.prototypes
+        num_classes = int(protos["num_classes"])
+        features = F.normalize(model.features(images), dim=1)
+        picked = list(range(num_classes)) if classes is None else list(classes)
+        maps = features.new_zeros(features.shape[0], len(picked), *features.shape[-2:])
+        for kind, sign in (("fg", 1.0), ("context", -1.0)):
+            if len(protos[kind]) == 0:
+                continue
+            similarity = torch.einsum("kd,bdhw->bkhw", F.normalize(protos[kind], dim=1).to(features), features)
+            average = self.averaging(protos[f"{kind}_owner"], num_classes)[picked].to(features)
+            maps = maps + sign * torch.einsum("ck,bkhw->bchw", average, similarity)
+        return maps
