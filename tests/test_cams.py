@@ -139,3 +139,8 @@ def test_multiscale_sums_scales(model):
         one = multiscale_cams(model, images, method, (1.0,), flip=False)
         two = multiscale_cams(model, images, method, (1.0, 1.0), flip=False)
     assert torch.allclose(two, 2 * one)
+
+
+def test_gradcam_refuses_nwc_flag():
+    with pytest.raises(ConfigError, match="with_nwc"):
+        build_cam_method(CamConfig(method="gradcam", clamp_negative_weights=True))
