@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from scarce.cams import CamConfig, CamExtractor, build_cam_method, multiscale_cams, normalize_cams
 from scarce.errors import ConfigError
 from scarce.models import ModelConfig, build_classifier
+from scarce.models.nwc import NegativeWeightClamped
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +144,11 @@ def test_multiscale_sums_scales(model):
     assert torch.allclose(two, 2 * one)
 
 
-def test_gradcam_refuses_nwc_flag():
-    with pytest.raises(ConfigError, match="with_nwc"):
-        build_cam_method(CamConfig(method="gradcam", clamp_negative_weights=True))
+def test_nwc_flag_reaches_gradcam_through_the_extractor(model):
+    images = torch.randn(2, 3, 32, 32)
+    flagged = CamConfig(method="gradcam", scales=(1.0,), flip=False, normalize="none", clamp_negative_weights=True)
+    plain = replace(flagged, clamp_negative_weights=False)
+    by_flag = CamExtractor(model, flagged)(images)
+    by_wrapper = CamExtractor(NegativeWeightClamped(model), plain)(images)
+    assert torch.allclose(by_flag, by_wrapper, atol=1e-6)
+    assert not torch.allclose(by_flag, CamExtractor(model, plain)(images))

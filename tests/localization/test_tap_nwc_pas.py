@@ -8,7 +8,7 @@ from torch import nn
 
 from scarce.cams import CamConfig, CamExtractor, normalize_cams
 from scarce.localization.boxes import boxes_from_cam
-from scarce.localization.nwc import NegativeWeightClamped, with_nwc
+from scarce.models.nwc import NegativeWeightClamped, with_nwc
 from scarce.models import ThresholdedAvgPool
 from scarce.models.classifier import CamClassifier, TimmHeadClassifier
 

@@ -25,7 +25,8 @@ def test_every_config_runs_on_a_tiny_benchmark(tmp_path):
     # the methods' own settings stay as configured, only made cheap where they are expensive
     tiny = TINY + ["eval.gallery=2"]
     cheap = {"advcam": ["cam.options.adv_iter=2"], "rib": ["cam.options.rib_iter=2", "cam.options.rib_batch=2"],
-             "recam": ["train.epochs=1"], "lpcam": ["cam.options.max_iter=5"]}
+             "recam": ["train.epochs=1"], "puzzle": ["train.epochs=1"], "erasing": ["train.epochs=1"],
+             "lpcam": ["cam.options.max_iter=5"]}
     summary = compare(methods, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=tiny, method_overrides=cheap)
     rows = {row["method"]: row for row in summary["rows"]}
     assert set(rows) == names and rows["cam"]["gain_mean"] == 0.0

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from scarce.errors import ConfigError
 from scarce.data.base import WeakDataset
 from scarce.models.classifier import CamModel
+from scarce.models.nwc import with_nwc
 
 NORMALIZATIONS = ("max", "minmax", "percentile", "none")
 
@@ -127,7 +128,8 @@ class CamExtractor:
     """Computes normalised CAMs for batches of same-sized images with one configured method."""
 
     def __init__(self, model: CamModel, cfg: CamConfig, method: CamMethod | None = None) -> None:
-        self.model = model.eval()
+        # NWC clamps the model's head, so that every method (Grad-CAM included) sees the clamped weights
+        self.model = with_nwc(model, cfg.clamp_negative_weights).eval()
         self.cfg = cfg
         self.method = method or build_cam_method(cfg)
 

@@ -28,13 +28,6 @@ def _find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
 class GradCam(CamMethod):
     needs_grad = True
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if cfg.clamp_negative_weights:
-            # Grad-CAM's weights come from gradients, not from the head: clamp the model itself instead.
-            raise ConfigError("clamp_negative_weights (NWC) is a CAM option; for Grad-CAM wrap the model with "
-                              "scarce.localization.with_nwc(model)")
-
     def __call__(self, model: CamModel, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
         captured: list[torch.Tensor] = []
         if self.cfg.layer is None:

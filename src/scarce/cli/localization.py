@@ -103,7 +103,7 @@ def cmd_wsol_eval(args: argparse.Namespace) -> int:
     from scarce.localization.evaluate import WsolMetricsConfig, evaluate_cam_folder, predicted_scores
     from scarce.localization.localize import LocalizeConfig, load_model
     from scarce.localization.metrics import protocol_scores
-    from scarce.localization.nwc import with_nwc
+    from scarce.models.nwc import with_nwc
     from scarce.pipeline import extract_cams
 
     loaded = load_model(LocalizeConfig(model=args.model, weights=str(args.checkpoint)))

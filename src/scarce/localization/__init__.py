@@ -23,7 +23,7 @@ from scarce.localization.metrics import (
     cam_threshold_grid,
     protocol_scores,
 )
-from scarce.localization.nwc import NegativeWeightClamped, with_nwc
+from scarce.models.nwc import NegativeWeightClamped, with_nwc
 from scarce.localization.rle import rle_decode, rle_encode
 
 __all__ = [

@@ -34,7 +34,7 @@ from scarce.errors import ScarceError
 from scarce.io import read_json, write_json, write_text
 from scarce.localization.evaluate import WsolMetricsConfig, evaluate_cam_folder, predicted_scores
 from scarce.localization.metrics import PROTOCOL, protocol_scores
-from scarce.localization.nwc import with_nwc
+from scarce.models.nwc import with_nwc
 from scarce.models.classifier import ModelConfig
 from scarce.training import TrainConfig
 from scarce.training.transforms import AugmentConfig

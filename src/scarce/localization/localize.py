@@ -30,7 +30,7 @@ from scarce.errors import ConfigError, DataError
 from scarce.io import read_image, write_json
 from scarce.localization.boxes import boxes_from_cam
 from scarce.localization.classes import find_class, imagenet_classes, read_class_file
-from scarce.localization.nwc import with_nwc
+from scarce.models.nwc import with_nwc
 from scarce.localization.rle import rle_encode
 from scarce.models.classifier import CamModel, ModelConfig, TimmHeadClassifier, build_classifier
 from scarce.models.weights import create_timm, load_checkpoint_state
@@ -190,8 +190,9 @@ class Localizer:
         self.cfg = cfg
         self.loaded = loaded or load_model(cfg)
         self.fixed = [find_class(q, self.loaded.class_names, self.loaded.class_ids) for q in cfg.classes]
+        # NWC is applied to the model, so that every CAM method (Grad-CAM included) sees the clamped weights
         cam_cfg = CamConfig(method=cfg.method, scales=cfg.scales, flip=cfg.flip, normalize=cfg.normalize,
-                            percentile=cfg.percentile, clamp_negative_weights=cfg.nwc, layer=cfg.layer)
+                            percentile=cfg.percentile, layer=cfg.layer)
         self.cam_model = with_nwc(self.loaded.model, cfg.nwc)
         self.extractor = CamExtractor(self.cam_model, cam_cfg, build_cam_method(cam_cfg))
 

@@ -1,8 +1,9 @@
 """Negative weight clamping (NWC, Bae et al. ECCV'20) for every CAM method, not only CAM itself.
 
-``CamConfig(clamp_negative_weights=True)`` clamps the weights inside the CAM method; methods that derive
-their channel weights from gradients (Grad-CAM and its family) never see those weights. Wrapping the
-model instead (:class:`NegativeWeightClamped`) changes the classifier itself: ``class_weights`` are
+Methods that derive their channel weights from gradients (Grad-CAM and its family) never read the
+class weights, so clamping them inside CAM alone would not reach them. Wrapping the model
+(:class:`NegativeWeightClamped`) changes the classifier itself, and ``CamExtractor`` does so whenever
+``CamConfig(clamp_negative_weights=True)``: ``class_weights`` are
 ``max(w, 0)`` and the logits are computed with them, so CAM gives ``Σ_k 1(w_ck > 0) w_ck F_k`` (the talk's
 formula) and a gradient method differentiates the clamped head. On a GAP → linear head, Grad-CAM of the
 wrapped model equals NWC-CAM / (h·w), exactly as without NWC.
