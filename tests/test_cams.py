@@ -32,7 +32,7 @@ def hand_cam(model, images, scales, flip):
         x = F.interpolate(images, size=(round(size[0] * s), round(size[1] * s)), mode="bilinear", align_corners=False)
         variants = [(x, False), (x.flip(-1), True)] if flip else [(x, False)]
         for xi, flipped in variants:
-            feats = model.backbone(xi)[-1]
+            feats = model.backbone.forward_features(xi)  # timm: the map its own head pools
             maps = torch.relu(torch.stack([(weight[c][:, None, None] * feats).sum(1) for c in range(weight.shape[0])], 1))
             if flipped:
                 maps = maps.flip(-1)
@@ -62,7 +62,7 @@ def test_class_subset_selects_rows(model):
 def test_cam_equals_torchcam(model):
     torchcam = pytest.importorskip("torchcam.methods")
     image = torch.randn(1, 3, 64, 64)
-    layer = "backbone." + model.backbone.feature_info.module_name()[-1]
+    layer = "backbone.bn2"  # EfficientNet's forward_features ends with conv_head → bn2 (BN + activation)
     with torchcam.CAM(model, target_layer=layer, fc_layer="classifier", input_shape=(3, 64, 64)) as extractor:
         logits = model(image)
         theirs = torch.stack([extractor(c, logits, normalized=False)[0][0] for c in range(5)])
@@ -92,7 +92,7 @@ def test_gradcam_on_gap_head_equals_cam_over_area(model):
 
 
 def test_batched_gradcam_equals_one_backward_per_class(model):
-    layer = "backbone." + model.backbone.feature_info.module_name()[-1]
+    layer = "backbone.bn2"  # EfficientNet's forward_features ends with conv_head → bn2 (BN + activation)
     cfg = CamConfig(method="gradcam", layer=layer, scales=(1.0,), flip=False, normalize="none")
     images = torch.randn(2, 3, 64, 64)
     batched = build_cam_method(cfg)(model, images, [0, 2, 4]).detach()

@@ -73,3 +73,24 @@ def test_checkpoint_path_weights(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match="bad.pth"):
         create_timm("test_resnet", str(tmp_path / "bad.pth"))
+
+
+def test_head_feature_layer_is_the_map_the_imagenet_head_pools():
+    # the CAM layer of "head" is timm's forward_features of the same pretrained network (conv_head + BN + ReLU6)
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(output_stride=None), 4).eval()
+    reference = build_imagenet_classifier().eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        feats = model.features(x)
+        assert torch.allclose(feats, reference.model.forward_features(x), atol=1e-5)
+    assert feats.shape[1] == 1280 and feats.min() >= 0  # non-negative, unlike the linear bottleneck below
+
+
+def test_last_stage_feature_layer_and_unknown_layer():
+    model = build_classifier(ModelConfig(pretrained=None, feature_layer="last_stage"), 4).eval()
+    with torch.no_grad():
+        feats = model.features(torch.randn(1, 3, 64, 64))
+    assert feats.shape[1:] == (320, 4, 4) and feats.min() < 0  # EfficientNet's last stage is a linear bottleneck
+    with pytest.raises(ConfigError, match="feature_layer"):
+        build_classifier(ModelConfig(pretrained=None, feature_layer="stem"), 4)

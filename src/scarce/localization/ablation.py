@@ -60,13 +60,13 @@ VARIANTS = (
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """Defaults = ``configs/localization/ablation.yaml``: sized for a shared 2-core CPU (180/60/60 images of 112 px)."""
+    """Defaults = ``configs/localization/ablation.yaml``: the demo's data and recipe (360/120/120 images of 128 px)."""
 
-    scenes: ScenesConfig = field(default_factory=lambda: ScenesConfig(n=300, image_size=112))
+    scenes: ScenesConfig = field(default_factory=lambda: ScenesConfig(n=600, image_size=128))
     data_root: str | None = None  # an existing scenes folder; None: generated in the output folder
     seeds: tuple[int, ...] = (0, 1, 2)
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, augment=AugmentConfig(crop_size=112)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, augment=AugmentConfig(crop_size=128)))
     cam: CamConfig = field(default_factory=lambda: CamConfig(method="cam", scales=(1.0,), flip=False))
     percentile: float = 98.0
     tap_tau: float = 0.05

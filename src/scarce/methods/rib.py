@@ -41,7 +41,7 @@ from torch import nn
 from scarce.cams.base import CamConfig, CamMethod, register_cam_method
 from scarce.config import from_dict
 from scarce.errors import ConfigError
-from scarce.models.classifier import CamModel
+from scarce.models.classifier import CamModel, last_map
 
 TUNE_MODES = ("last_block", "all")
 
@@ -84,7 +84,7 @@ def split_features(model: CamModel, mode: str) -> tuple[Callable[[torch.Tensor],
     if backbone is None:
         raise ConfigError("rib: needs a CamClassifier (a timm backbone with a 1x1 classifier)")
     if mode == "all":
-        return (lambda x: x), backbone, lambda tail, h: tail(h)[-1]
+        return (lambda x: x), backbone, lambda tail, h: last_map(tail(h))
     if not all(hasattr(backbone, a) for a in ("conv_stem", "bn1", "blocks")):
         raise ConfigError("rib: tune 'last_block' needs a timm EfficientNet/MobileNet backbone; use tune: all")
 
@@ -94,7 +94,10 @@ def split_features(model: CamModel, mode: str) -> tuple[Callable[[torch.Tensor],
             x = block(x)
         return x
 
-    return prefix, backbone.blocks[-1], lambda tail, h: tail(h)
+    # with feature_layer "head" the CAM layer is after the 1×1 conv_head + BN: the tuned tail includes them
+    head = [m for m in (getattr(backbone, "conv_head", None), getattr(backbone, "bn2", None)) if isinstance(m, nn.Module)]
+    tail = nn.Sequential(backbone.blocks[-1], *head) if head else backbone.blocks[-1]
+    return prefix, tail, lambda tail, h: tail(h)
 
 
 @register_cam_method("rib")

@@ -4,8 +4,14 @@ Every model the CAM code works with is a :class:`CamModel`: it exposes the last 
 (``features``), the class weight matrix (``class_weights``, C×D) and how logits follow from features.
 Because the head is linear after pooling, the CAM of class c is exactly ``Σ_d W[c, d] · F[d]``.
 
-- :class:`CamClassifier`: any timm backbone through ``features_only`` (output stride 16 where the model
-  supports it) with a bias-free 1×1 classifier, trained on image-level labels.
+- :class:`CamClassifier`: any timm backbone (output stride 16 where the model supports it) with a
+  bias-free 1×1 classifier, trained on image-level labels. The CAM layer is the map the backbone's own
+  ImageNet head pools (``feature_layer: head``, timm's ``forward_features``: for EfficientNets the 1×1
+  ``conv_head`` + BN + activation, non-negative), or the last stage of ``features_only``
+  (``feature_layer: last_stage``: for EfficientNets a linear bottleneck whose values are half negative).
+  Non-negative features are what CAM's refinements assume: NWC and ReCAM's ``W_recam ⊙ W_cls`` read a
+  weight's sign as "this feature is evidence for/against the class", and TAP thresholds at a fraction of
+  the channel max; on signed features all three change meaning (docs/methods.md has the measurement).
 - :class:`TimmHeadClassifier`: a complete pretrained timm classifier (e.g. ImageNet) whose own linear head
   gives the class weights; used by ``scarce localize``.
 """
@@ -21,6 +27,11 @@ from torch import nn
 from scarce.errors import ConfigError
 from scarce.models.pooling import build_pooling
 from scarce.models.weights import create_timm
+
+
+def last_map(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The backbone's output map: ``features_only`` models return a list of maps, ``forward_features`` one."""
+    return out[-1] if isinstance(out, (list, tuple)) else out
 
 
 class CamModel(nn.Module):
@@ -63,6 +74,7 @@ class ModelConfig:
     output_stride: int | None = 16
     pooling: str = "gap"
     tap_tau: float = 0.05
+    feature_layer: str = "head"  # "head": the map the ImageNet head pools; "last_stage": features_only's last map
 
 
 class CamClassifier(CamModel):
@@ -79,7 +91,7 @@ class CamClassifier(CamModel):
         self._mean_std = mean_std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)[-1]
+        return last_map(self.backbone(images))
 
     @property
     def class_weights(self) -> torch.Tensor:
@@ -97,8 +109,16 @@ class CamClassifier(CamModel):
         return list(self.backbone.parameters()), list(self.classifier.parameters())
 
 
+FEATURE_LAYERS = ("head", "last_stage")
+
+
 def build_classifier(cfg: ModelConfig, num_classes: int) -> CamClassifier:
-    kwargs: dict[str, object] = {"features_only": True, "out_indices": (-1,)}
+    if cfg.feature_layer not in FEATURE_LAYERS:
+        raise ConfigError(f"model.feature_layer must be one of {FEATURE_LAYERS}, got {cfg.feature_layer!r}")
+    if cfg.feature_layer == "head":  # no pooling, no classifier: the model returns forward_features' map
+        kwargs: dict[str, object] = {"num_classes": 0, "global_pool": ""}
+    else:
+        kwargs = {"features_only": True, "out_indices": (-1,)}
     if cfg.output_stride is not None:
         kwargs["output_stride"] = cfg.output_stride
     try:
@@ -108,7 +128,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int) -> CamClassifier:
             raise
         # Some architectures (e.g. ViTs, ConvNeXt) do not take output_stride: say so instead of a timm traceback.
         raise ConfigError(f"{cfg.backbone} does not support output_stride={cfg.output_stride} ({exc}); set output_stride: null") from None
-    feature_dim = backbone.feature_info.channels()[-1]
+    feature_dim = backbone.num_features if cfg.feature_layer == "head" else backbone.feature_info.channels()[-1]
     data_cfg = getattr(backbone, "pretrained_cfg", None) or {}
     mean_std = (tuple(data_cfg.get("mean", (0.485, 0.456, 0.406))), tuple(data_cfg.get("std", (0.229, 0.224, 0.225))))
     return CamClassifier(backbone, feature_dim, num_classes, build_pooling(cfg.pooling, cfg.tap_tau), mean_std)
