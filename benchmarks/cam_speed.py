@@ -30,6 +30,7 @@ from scarce.cams import CamConfig, CamExtractor
 from scarce.data.base import open_dataset
 from scarce.data.scenes import ScenesConfig, generate_scenes
 from scarce.models import ModelConfig, build_classifier
+from scarce.models.classifier import feature_module_name
 from scarce.training import to_tensor
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                  num_classes=10).eval()
         images = torch.stack([to_tensor(r, model.mean_std) for r in raw])
         extractor = CamExtractor(model, CamConfig(scales=SCALES, flip=True))
-        layer_name = "backbone." + model.backbone.feature_info.module_name()[-1]
+        layer_name = feature_module_name(model)
         layer = dict(model.named_modules())[layer_name]
         t = time_interleaved({
             "forward": lambda: bare_forward(model, images),

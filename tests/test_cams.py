@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scarce.cams import CamConfig, CamExtractor, build_cam_method, multiscale_cams, normalize_cams
 from scarce.errors import ConfigError
 from scarce.models import ModelConfig, build_classifier
+from scarce.models.classifier import feature_module_name
 from scarce.models.nwc import NegativeWeightClamped
 
 
@@ -62,7 +63,7 @@ def test_class_subset_selects_rows(model):
 def test_cam_equals_torchcam(model):
     torchcam = pytest.importorskip("torchcam.methods")
     image = torch.randn(1, 3, 64, 64)
-    layer = "backbone.bn2"  # EfficientNet's forward_features ends with conv_head → bn2 (BN + activation)
+    layer = feature_module_name(model)
     with torchcam.CAM(model, target_layer=layer, fc_layer="classifier", input_shape=(3, 64, 64)) as extractor:
         logits = model(image)
         theirs = torch.stack([extractor(c, logits, normalized=False)[0][0] for c in range(5)])
@@ -92,7 +93,7 @@ def test_gradcam_on_gap_head_equals_cam_over_area(model):
 
 
 def test_batched_gradcam_equals_one_backward_per_class(model):
-    layer = "backbone.bn2"  # EfficientNet's forward_features ends with conv_head → bn2 (BN + activation)
+    layer = feature_module_name(model)
     cfg = CamConfig(method="gradcam", layer=layer, scales=(1.0,), flip=False, normalize="none")
     images = torch.randn(2, 3, 64, 64)
     batched = build_cam_method(cfg)(model, images, [0, 2, 4]).detach()

@@ -94,3 +94,21 @@ def test_last_stage_feature_layer_and_unknown_layer():
     assert feats.shape[1:] == (320, 4, 4) and feats.min() < 0  # EfficientNet's last stage is a linear bottleneck
     with pytest.raises(ConfigError, match="feature_layer"):
         build_classifier(ModelConfig(pretrained=None, feature_layer="stem"), 4)
+
+
+@pytest.mark.parametrize("backbone, layer, expected", [
+    ("test_efficientnet", "head", "backbone.bn2"),  # conv_head → bn2 (BN + activation); pool and head pass through
+    ("test_resnet", "head", "backbone.layer4"),
+    ("test_efficientnet", "last_stage", None),  # None: timm's own feature_info names it
+])
+def test_feature_module_name_outputs_the_cam_features(backbone, layer, expected):
+    from scarce.models.classifier import feature_module_name
+
+    model = build_classifier(ModelConfig(backbone=backbone, pretrained=None, feature_layer=layer), 3).eval()
+    name = feature_module_name(model)
+    assert name == (expected or "backbone." + model.backbone.feature_info.module_name()[-1])
+    captured = []
+    dict(model.named_modules())[name].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        features = model.features(torch.randn(1, 3, 64, 64))
+    assert torch.equal(captured[-1], features)

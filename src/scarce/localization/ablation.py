@@ -70,6 +70,9 @@ class AblationConfig:
     cam: CamConfig = field(default_factory=lambda: CamConfig(method="cam", scales=(1.0,), flip=False))
     percentile: float = 98.0
     tap_tau: float = 0.05
+    # TAP pools the mean of a channel's active positions, not of all: on sparse maps its features are larger
+    # than GAP's and the same step size is too large (docs/localization.md). None: train.lr for both.
+    tap_lr: float | None = None
     metrics: WsolMetricsConfig = field(default_factory=WsolMetricsConfig)
 
 
@@ -92,7 +95,7 @@ def _run_seed(cfg: AblationConfig, seed: int, data_root: Path, folder: Path, pro
             run_cfg = RunConfig(
                 data=DataConfig(kind="scenes", root=str(data_root)),
                 model=replace(cfg.model, pooling=variant.pooling, tap_tau=cfg.tap_tau),
-                train=replace(cfg.train, seed=seed),
+                train=replace(cfg.train, seed=seed, lr=cfg.tap_lr if variant.pooling == "tap" and cfg.tap_lr else cfg.train.lr),
                 cam=cfg.cam,
             )
             run = Run(run_cfg, folder / variant.pooling, progress=progress)

@@ -109,6 +109,40 @@ class CamClassifier(CamModel):
         return list(self.backbone.parameters()), list(self.classifier.parameters())
 
 
+def feature_module_name(model: "CamClassifier") -> str:
+    """Name (in ``model.named_modules()``) of the module whose output is ``model.features``: the target
+    layer a hook-based peer (torchcam, pytorch-grad-cam) needs to see the same map.
+
+    Found by running the model once: the outermost module whose output is the feature tensor itself and
+    not its own input (in-place activations, pooling-free ``global_pool`` and ``Identity`` heads pass their
+    input through).
+    """
+    found: list[str] = []
+    hooks = []
+    outputs: dict[str, torch.Tensor] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and not any(output is i for i in inputs):
+                outputs[name] = output
+                found.append(name)
+        return hook
+
+    for name, module in model.backbone.named_modules():
+        if name:
+            hooks.append(module.register_forward_hook(record("backbone." + name)))
+    try:
+        with torch.no_grad():
+            features = model.features(torch.zeros(1, 3, 64, 64))
+    finally:
+        for handle in hooks:
+            handle.remove()
+    matches = [name for name in found if outputs[name] is features]
+    if not matches:
+        raise ConfigError(f"{type(model.backbone).__name__}: no single module outputs the CAM feature map")
+    return matches[-1]  # hooks fire inner-first, so the last one is the outermost
+
+
 FEATURE_LAYERS = ("head", "last_stage")
 
 
