@@ -25,12 +25,16 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     assert main(["demo", "--out", str(run), "--quiet", *TINY]) == 0
     out = capsys.readouterr().out
     assert "CAM seed mIoU" in out and "val -> test" in out and "oracle Peak IoU" in out
+    assert "Fashion-MNIST objects from: shipped subset" in out  # the scenes depend on it, so the summary says it
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["protocol"]["threshold_chosen_on"] == "val"
     assert metrics["protocol"]["scored_on"] == "test"
     assert 0.0 <= metrics["test"]["miou"] <= metrics["test_oracle"]["peak_iou"] + 1e-12
     assert len(metrics["test"]["iou"]) == 11  # background + 10 Fashion-MNIST classes
+    import torch
+    env = metrics["environment"]  # the versions a figure was produced with, so it can be re-checked
+    assert torch.__version__.startswith(env["libraries"]["torch"]) and env["torch_threads"] == torch.get_num_threads()
     # The chosen threshold is the val sweep's argmax; the test curve at that threshold is the reported score.
     curves = metrics["curves"]
     best = int(np.nanargmax(curves["val_miou"]))

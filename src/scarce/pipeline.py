@@ -36,6 +36,7 @@ from scarce.io import read_json, write_json, write_text
 from scarce.metrics.segmentation import ThresholdSweep
 from scarce.models.classifier import CamClassifier, ModelConfig, build_classifier
 from scarce.pseudo.masks import cams_to_confident_labels, cams_to_labels, save_label_png
+from scarce.provenance import environment
 from scarce.training import TrainConfig, build_objective, load_trained, to_tensor, train_classifier
 
 import scarce.methods  # noqa: E402,F401  (registers the CAM method family's objectives and CAM methods)
@@ -187,6 +188,7 @@ class Run:
                 "oracle": f"best threshold of the sweep on {test} itself (uses {test} ground truth; for reference only)",
             },
             "data": self.data_provenance(),
+            "environment": environment(),
             "classes": class_names,
             "threshold": chosen,
             "val_peak_miou": float(val_curve["best_miou"]),

@@ -12,6 +12,7 @@ from scarce.cil.trainer import load_data, run
 from scarce.config import dump_yaml, to_dict
 from scarce.errors import ConfigError
 from scarce.io import read_json, write_json, write_text
+from scarce.provenance import environment
 
 SHARED_SECTIONS = ("data", "protocol", "model")
 COLUMNS = (
@@ -76,7 +77,7 @@ def compare(configs: list[CILConfig], out_dir: str | Path, *, seeds: list[int] |
                 metrics = run(c, run_dir, resume=resume and has_ckpt, progress=progress, data=data).metrics
             results.setdefault(name, []).append(metrics)
     rows, curves = table_rows(results)
-    write_json(out_dir / "compare.json", {"seeds": seeds, "rows": rows, "runs": {
+    write_json(out_dir / "compare.json", {"seeds": seeds, "rows": rows, "environment": environment(), "runs": {
         n: [{"seed": m["seed"], "metrics": m["heads"], "wall_time_s": m["wall_time_s"]} for m in ms] for n, ms in results.items()}})
     write_text(out_dir / "compare.md", markdown_table(rows, seeds, results))
     from scarce.cil.report import write_compare_report

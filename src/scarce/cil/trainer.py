@@ -35,6 +35,7 @@ from scarce.cil.protocol import Protocol, Scenario
 from scarce.config import to_dict
 from scarce.errors import ConfigError, TrainingError
 from scarce.io import read_json, save_torch, write_json, write_text
+from scarce.provenance import environment
 
 CHECKPOINT_VERSION = 1
 StepCallback = Callable[["Trainer", int, int, int], None]  # (trainer, phase, epoch, step) after each step
@@ -343,6 +344,7 @@ class Trainer:
             "heads": {h: compute_metrics(m) for h, m in mats.items()},
             "memory_per_class": {str(k): v for k, v in self.memory.counts().items()},
             "wall_time_s": elapsed,
+            "environment": environment(),
             "unit": "percent",
             "definitions": DEFINITIONS,
         }

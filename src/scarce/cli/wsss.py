@@ -199,5 +199,8 @@ def print_summary(metrics: dict, folder: Path) -> None:
     for row in rows:
         print(f"{row['quantity']:34s} {100 * row['value']:7.2f} {row['threshold']:5.2f}  "
               f"{row['threshold chosen on']} -> {row['scored on']}")
+    sources = sorted(set((metrics.get("data", {}).get("fashion_mnist") or {}).values()))
+    if sources:  # the scenes, hence the numbers, depend on it: say which
+        print(f"Fashion-MNIST objects from: {', '.join(sources)}")
     print(f"report: {folder / 'report.html'}   metrics: {folder / 'metrics.json'}")
     sys.stdout.flush()

@@ -32,6 +32,7 @@ from scarce.config import dump_yaml
 from scarce.data.scenes import ScenesConfig, generate_scenes
 from scarce.errors import ScarceError
 from scarce.io import read_json, write_json, write_text
+from scarce.provenance import environment
 from scarce.localization.evaluate import WsolMetricsConfig, evaluate_cam_folder, predicted_scores
 from scarce.localization.metrics import PROTOCOL, protocol_scores
 from scarce.models.nwc import with_nwc
@@ -190,6 +191,7 @@ def run_ablation(cfg: AblationConfig, out: str | Path, progress: bool = True,
         "oracle": oracle_rows,
         "per_seed": per_seed,
         "seconds": time.perf_counter() - started,
+        "environment": environment(),
     }
     table = markdown_table(test_rows, len(per_seed))
     oracle = markdown_table(oracle_rows, len(per_seed))

@@ -38,6 +38,7 @@ from scarce.config import from_dict, load_yaml, merge, parse_overrides
 from scarce.data.scenes import generate_scenes
 from scarce.errors import ConfigError
 from scarce.io import read_json, write_json, write_text
+from scarce.provenance import environment
 from scarce.methods import MethodConfig, substitute_cam_model
 from scarce.pipeline import Run, RunConfig, load_run_config
 from scarce.training import load_trained
@@ -250,7 +251,7 @@ def compare(configs: Sequence[str | Path], out: str | Path, seeds: Sequence[int]
     rows = summarize(results)
     table = markdown_table(rows)
     summary = {"seeds": list(seeds), "methods": [dataclasses.asdict(m) for m in methods], "rows": rows,
-               "wall_s": time.perf_counter() - wall, "per_seed": results}
+               "wall_s": time.perf_counter() - wall, "environment": environment(), "per_seed": results}
     write_json(out / "results.json", summary)
     write_text(out / "table.md", table)
     write_report(out, rows, [m.name for m in methods], seeds[0])
