@@ -52,3 +52,37 @@ def test_method_config_checks():
     lpcam = {"method": "lpcam", "start_from": "none", "uses_cam_classifier": True,
              "timings_s": {"train": 0.1, "prepare": 2.0, "cam_val": 2.0, "cam_test": 2.0}}
     assert cost_units(recam, cam) == (1.5, 1.0) and cost_units(lpcam, cam) == (1.0, 3.0)
+
+
+def test_scale_controls_match_the_methods_they_control():
+    """The controls isolate a method from its inference scales: each copies exactly the settings it claims to."""
+    from scarce.config import load_yaml
+
+    controls = {p.stem: load_method_config(p) for p in (CONFIGS / "controls").glob("*.yaml")}
+    base_scales = load_yaml(CONFIGS / "base.yaml")["cam"]["scales"]
+    for method in ("advcam", "rib"):
+        own = load_method_config(CONFIGS / f"{method}.yaml").run["cam"]
+        assert controls[f"cam_at_{method}_scales"].run == {"cam": {"scales": own["scales"]}}
+        at_cam = controls[f"{method}_at_cam_scales"].run["cam"]
+        assert at_cam["scales"] == base_scales != own["scales"]
+        assert {k: v for k, v in at_cam.items() if k != "scales"} == {k: v for k, v in own.items() if k != "scales"}
+    scale_controls = [c for name, c in controls.items() if "scales" in name]
+    assert all(c.start_from == "none" for c in scale_controls)  # all read the CAM classifier of the seed
+    # the continued-training control matches the epochs of every method that continues the CAM classifier
+    continued = controls["cam_continued"]
+    assert continued.start_from == "cam" and set(continued.run) == {"train"}
+    for method in ("puzzle", "erasing"):
+        own = load_method_config(CONFIGS / f"{method}.yaml")
+        assert own.start_from == "cam" and own.run["train"]["epochs"] == continued.run["train"]["epochs"]
+
+
+def test_scale_controls_run_on_a_tiny_benchmark(tmp_path):
+    configs = [CONFIGS / "cam.yaml", *sorted((CONFIGS / "controls").glob("*.yaml"))]
+    cheap = {"advcam_at_cam_scales": ["cam.options.adv_iter=2"], "cam_continued": ["train.epochs=1"],
+             "rib_at_cam_scales": ["cam.options.rib_iter=2", "cam.options.rib_batch=2"]}
+    summary = compare(configs, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=TINY, method_overrides=cheap)
+    rows = {row["method"]: row for row in summary["rows"]}
+    assert set(rows) == {"cam", "cam_at_advcam_scales", "cam_at_rib_scales", "advcam_at_cam_scales", "rib_at_cam_scales",
+                         "cam_continued"}
+    for row in rows.values():
+        assert 0.0 <= row["miou_mean"] <= 100.0
