@@ -32,11 +32,11 @@ from scarce.config import dump_yaml
 from scarce.data.scenes import ScenesConfig, generate_scenes
 from scarce.errors import ScarceError
 from scarce.io import read_json, write_json, write_text
-from scarce.provenance import environment
 from scarce.localization.evaluate import WsolMetricsConfig, evaluate_cam_folder, predicted_scores
 from scarce.localization.metrics import PROTOCOL, protocol_scores
 from scarce.models.nwc import with_nwc
 from scarce.models.classifier import ModelConfig
+from scarce.provenance import environment
 from scarce.training import TrainConfig
 from scarce.training.transforms import AugmentConfig
 

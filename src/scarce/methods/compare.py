@@ -38,9 +38,9 @@ from scarce.config import from_dict, load_yaml, merge, parse_overrides
 from scarce.data.scenes import generate_scenes
 from scarce.errors import ConfigError
 from scarce.io import read_json, write_json, write_text
-from scarce.provenance import environment
 from scarce.methods import MethodConfig, substitute_cam_model
 from scarce.pipeline import Run, RunConfig, load_run_config
+from scarce.provenance import environment
 from scarce.training import load_trained
 
 DEFAULT_BASE = Path("configs") / "methods" / "base.yaml"  # relative to the repository root
