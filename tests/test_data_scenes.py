@@ -11,7 +11,7 @@ from PIL import Image
 
 from scarce.data import ScenesConfig, generate_scenes, load_voc
 from scarce.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
-from scarce.data.scenes import ignore_band
+from scarce.data.scenes import GLYPH_CELLS, class_glyphs, compose_scene, emblem_position, ignore_band, load_textures
 from scarce.errors import ConfigError
 from scarce.io import read_label_png
 
@@ -133,11 +133,72 @@ def test_full_cooccurrence_puts_every_image_on_its_first_class_texture(tmp_path:
     assert len(mismatched) > 15  # 7 of 8 textures are not the preferred one
 
 
+def test_emblems_change_only_the_pixels_under_them(tmp_path: Path) -> None:
+    generate_scenes(small_config(n=16), tmp_path / "plain", progress=False)
+    generate_scenes(small_config(n=16, part_size=0.3), tmp_path / "parts", progress=False)
+    plain, parts = all_files(tmp_path / "plain"), all_files(tmp_path / "parts")
+    for name in plain:  # same layout, masks, labels, boxes and splits
+        if name.startswith(("SegmentationClass", "Annotations", "ImageSets")):
+            assert plain[name] == parts[name], name
+    meta_plain = json.loads(plain["scenes.json"])["images"]
+    meta_parts = json.loads(parts["scenes.json"])["images"]
+    for stem, record in meta_parts.items():
+        for obj, plain_obj in zip(record["objects"], meta_plain[stem]["objects"], strict=True):
+            x0, y0, x1, y1 = obj.pop("part")
+            assert obj == plain_obj
+            side = max(GLYPH_CELLS, round(0.3 * obj["size"]))
+            assert (x1 - x0, y1 - y0) == (side, side)
+            assert obj["x"] <= x0 and x1 <= obj["x"] + obj["size"] and obj["y"] <= y0 and y1 <= obj["y"] + obj["size"]
+        assert "part" not in json.dumps(meta_plain[stem])
+
+
+def test_emblem_is_the_class_glyph_painted_inside_the_object() -> None:
+    # 50-px objects and 20-px emblems: nearest-neighbour upscaling of the 5x5 glyph is an exact 4x repeat
+    cfg = small_config(image_size=50, min_objects=1, max_objects=1, scale_range=(1.0, 1.0), part_size=0.4)
+    pool = load_fashion_mnist("train", subset=True)
+    textures = load_textures()
+    glyphs = class_glyphs(len(CLASS_NAMES))
+    for index in range(8):
+        scene = compose_scene(cfg, pool, textures, np.random.default_rng([1, index]), np.random.default_rng([2, index]))
+        obj = scene.objects[0]
+        x0, y0, x1, y1 = obj["part"]
+        glyph = np.kron(glyphs[obj["class"]], np.ones(((y1 - y0) // GLYPH_CELLS,) * 2, dtype=bool))
+        assert glyph.shape == (y1 - y0, x1 - x0) == (20, 20)
+        patch = scene.image[y0:y1, x0:x1]
+        inside = scene.mask[y0:y1, x0:x1] == obj["class"] + 1
+        assert inside.any()
+        assert (patch[inside & glyph] == 255).all() and (patch[inside & ~glyph] == 0).all()
+
+
+def test_emblem_position_prefers_squares_inside_the_mask() -> None:
+    local = np.zeros((12, 12), dtype=bool)
+    local[2:6, 3:9] = True  # 4x6 rectangle: the 4x4 squares fully inside start at row 2, columns 3..5
+    rng = np.random.default_rng(0)
+    positions = {emblem_position(local, 4, rng) for _ in range(200)}
+    assert positions == {(2, 3), (2, 4), (2, 5)}
+    thin = np.zeros((12, 12), dtype=bool)
+    thin[5, 1:11] = True  # no 3x3 square fits: the best overlap (3 pixels) is taken
+    positions = {emblem_position(thin, 3, rng) for _ in range(200)}
+    assert positions == {(r, c) for r in (3, 4, 5) for c in range(1, 9)}
+
+
+def test_class_glyphs_are_distinct_and_stable() -> None:
+    glyphs = class_glyphs(10)
+    assert glyphs.shape == (10, GLYPH_CELLS, GLYPH_CELLS)
+    flat = glyphs.reshape(10, -1)
+    assert len({row.tobytes() for row in flat}) == 10
+    assert np.array_equal(class_glyphs(4), glyphs[:4])  # a class's emblem does not depend on how many are drawn
+
+
 def test_invalid_settings_are_rejected() -> None:
     with pytest.raises(ConfigError, match="cooccurrence"):
         ScenesConfig(cooccurrence=1.5)
     with pytest.raises(ConfigError, match="split_fractions"):
         ScenesConfig(split_fractions=(0.5, 0.2, 0.2))
+    with pytest.raises(ConfigError, match="part_size"):
+        ScenesConfig(part_size=1.0)
+    with pytest.raises(ConfigError, match="smallest emblem"):
+        ScenesConfig(image_size=64, scale_range=(0.2, 0.5), part_size=0.2)
 
 
 def test_mask_png_uses_the_voc_palette(tmp_path: Path) -> None:

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     scenes.add_argument("--occlusion", type=float, default=0.3, help="max fraction of a placed object a new one may cover")
     scenes.add_argument("--cooccurrence", type=float, default=0.7,
                         help="probability that an image's background is its first class's preferred texture")
+    scenes.add_argument("--part-size", type=float, default=0.0,
+                        help="side of each object's class emblem as a fraction of the object's side (0: none); "
+                             "makes CAM light only a part of each object")
     scenes.set_defaults(func=cmd_scenes)
 
     for name, func, text in (
@@ -101,7 +104,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
     cfg = ScenesConfig(n=args.n, seed=args.seed, image_size=args.image_size, min_objects=args.min_objects,
                        max_objects=args.max_objects, scale_range=tuple(args.scale_range), occlusion=args.occlusion,
-                       cooccurrence=args.cooccurrence)
+                       cooccurrence=args.cooccurrence, part_size=args.part_size)
     dataset = generate_scenes(cfg, args.out)
     print(f"wrote {args.n} scenes ({len(dataset.class_names)} classes) to {args.out}")
     return 0

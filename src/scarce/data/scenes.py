@@ -5,6 +5,12 @@ occlusion, and a *measurable* context bias. Class ``k`` has a preferred backgrou
 with probability ``cooccurrence`` an image is drawn on the preferred texture of its first object's class,
 so a classifier can score well by looking at the background, the failure WSSS methods fight.
 
+With ``part_size > 0`` every object also carries its class's *emblem*: a fixed black-and-white 5x5 glyph
+stamped inside the object (part of its mask). The emblem names the class more reliably than the garment's
+shape, so a classifier comes to rely on it and CAM lights that small part rather than the whole object:
+the partial-activation failure of large VOC objects (a dog's face rather than the dog), which AdvCAM, RIB,
+Puzzle-CAM and class-specific erasing are built to fix.
+
 Every image has its own random stream (seeded by ``(seed, image index)``), so a seed gives byte-identical
 files. Train scenes take their objects from Fashion-MNIST's train split, val/test scenes from its test
 split, so no object instance is shared between training and evaluation.
@@ -44,8 +50,10 @@ _GREY_TINTS: dict[str, tuple[float, float, float]] = {
 ITEM_THRESHOLD = 30  # upscaled Fashion-MNIST intensity above which a pixel belongs to the object
 PLACEMENT_TRIES = 30  # positions tried per object before it is left out for violating the occlusion bound
 COMPOSE_TRIES = 20  # scenes redrawn when every object vanished under the ignore band
+GLYPH_CELLS = 5  # an emblem is a GLYPH_CELLS x GLYPH_CELLS binary pattern, one per class
+_GLYPH_SEED = 20211  # fixed: a class's emblem is the same in every benchmark seed and split
 SPLITS = ("train", "val", "test")
-_SPLIT_STREAM, _IMAGE_STREAM = 0, 1
+_SPLIT_STREAM, _IMAGE_STREAM, _PART_STREAM = 0, 1, 2
 
 
 @dataclass
@@ -63,6 +71,7 @@ class ScenesConfig:
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     ignore_width: int = 1
     subset: bool | None = None
+    part_size: float = 0.0  # emblem side as a fraction of the object's side; 0 = no emblem
 
     def __post_init__(self) -> None:
         self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]
@@ -79,6 +88,9 @@ class ScenesConfig:
             (len(self.split_fractions) != 3 or min(self.split_fractions) < 0
              or abs(sum(self.split_fractions) - 1) > 1e-6, "split_fractions must be 3 non-negative numbers summing to 1"),
             (self.ignore_width < 0, f"ignore_width must be >= 0, got {self.ignore_width}"),
+            (not 0 <= self.part_size < 1, f"part_size must be in [0, 1), got {self.part_size}"),
+            (0 < self.part_size and round(self.part_size * low * self.image_size) < GLYPH_CELLS,
+             f"the smallest emblem (part_size * scale_range[0] * image_size) must be >= {GLYPH_CELLS} px"),
         ]
         for failed, message in problems:
             if failed:
@@ -120,6 +132,32 @@ def render_item(item: np.ndarray, size: int, flip: bool) -> tuple[np.ndarray, np
     return upscaled, upscaled > ITEM_THRESHOLD
 
 
+def class_glyphs(num_classes: int) -> np.ndarray:
+    """One distinct GLYPH_CELLS² binary pattern per class, each with between a third and two thirds of cells on."""
+    rng = np.random.default_rng(_GLYPH_SEED)
+    cells = GLYPH_CELLS * GLYPH_CELLS
+    glyphs: list[np.ndarray] = []
+    while len(glyphs) < num_classes:
+        glyph = rng.random(cells) < 0.5
+        if cells / 3 <= glyph.sum() <= 2 * cells / 3 and not any((glyph == g).all() for g in glyphs):
+            glyphs.append(glyph)
+    return np.stack(glyphs).reshape(num_classes, GLYPH_CELLS, GLYPH_CELLS)
+
+
+def emblem_position(local: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left (row, col) of a ``side``² square drawn uniformly among those most inside the object mask.
+
+    Squares fully inside the mask are preferred; thin items (sandals) may have none, and then the squares
+    with the largest overlap are the candidates.
+    """
+    inside = ndimage.uniform_filter(local.astype(np.float64), size=side, mode="constant", origin=-(side // 2))
+    limit = local.shape[0] - side + 1
+    inside = np.round(inside[:limit, :limit] * side * side)
+    rows, cols = np.nonzero(inside == inside.max())
+    pick = int(rng.integers(0, len(rows)))
+    return int(rows[pick]), int(cols[pick])
+
+
 def ignore_band(label_map: np.ndarray, width: int) -> np.ndarray:
     """Pixels whose (width+1)² window (offsets -⌈w/2⌉..⌊w/2⌋) holds two labels: a band of ``width`` px per edge."""
     if width == 0:
@@ -142,8 +180,13 @@ def _background(texture: np.ndarray, size: int, rng: np.random.Generator) -> np.
     return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BILINEAR))
 
 
-def compose_scene(cfg: ScenesConfig, pool: FashionMNIST, textures: list[np.ndarray], rng: np.random.Generator) -> Scene:
-    """Draw objects, a background (biased by ``cooccurrence``) and paste with the occlusion bound."""
+def compose_scene(cfg: ScenesConfig, pool: FashionMNIST, textures: list[np.ndarray], rng: np.random.Generator,
+                  part_rng: np.random.Generator) -> Scene:
+    """Draw objects, a background (biased by ``cooccurrence``) and paste with the occlusion bound.
+
+    Emblem positions come from ``part_rng``, never from ``rng``, so a benchmark with emblems has exactly
+    the layout, masks and labels of the same seed without them: only the pixels under the emblems differ.
+    """
     side = cfg.image_size
     count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     items = rng.integers(0, len(pool), size=count)
@@ -175,10 +218,13 @@ def compose_scene(cfg: ScenesConfig, pool: FashionMNIST, textures: list[np.ndarr
         shade = 0.3 + 0.7 * intensity.astype(np.float32) / max(int(intensity.max()), 1)
         colour = np.asarray(colorsys.hsv_to_rgb(hue, saturation, 1.0), dtype=np.float32) * 255
         image[footprint] = (shade[local][:, None] * colour)
+        record: dict[str, Any] = {"class": class_index, "item": int(item), "x": x, "y": y, "size": size, "flip": flip}
+        if cfg.part_size > 0:
+            record["part"] = _stamp_emblem(image, footprint, local, x, y, class_index, cfg.part_size, part_rng)
         label_map[footprint] = class_index + 1
         owner[footprint] = len(pasted)
         pasted.append(footprint)
-        objects.append({"class": class_index, "item": int(item), "x": x, "y": y, "size": size, "flip": flip})
+        objects.append(record)
 
     band = ignore_band(label_map, cfg.ignore_width)
     for index, record in enumerate(objects):
@@ -190,6 +236,21 @@ def compose_scene(cfg: ScenesConfig, pool: FashionMNIST, textures: list[np.ndarr
             record["box"] = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
     mask = np.where(band, IGNORE_INDEX, label_map).astype(np.uint8)
     return Scene(np.clip(image.round(), 0, 255).astype(np.uint8), mask, texture, objects)
+
+
+def _stamp_emblem(image: np.ndarray, footprint: np.ndarray, local: np.ndarray, x: int, y: int, class_index: int,
+                  part_size: float, rng: np.random.Generator) -> list[int]:
+    """Paint the class emblem (white cells on black) where it overlaps the object; return its box (x0, y0, x1, y1)."""
+    size = local.shape[0]
+    side = max(GLYPH_CELLS, int(round(part_size * size)))
+    row, col = emblem_position(local, side, rng)
+    glyph = np.asarray(Image.fromarray(class_glyphs(class_index + 1)[class_index].astype(np.uint8) * 255)
+                       .resize((side, side), Image.NEAREST)) > 0
+    top, left = y + row, x + col
+    window = footprint[top : top + side, left : left + side]
+    patch = image[top : top + side, left : left + side]
+    patch[window] = np.where(glyph[window], 255.0, 0.0)[:, None]
+    return [left, top, left + side, top + side]
 
 
 def voc_annotation_xml(stem: str, size: int, objects: list[dict[str, Any]]) -> str:
@@ -248,8 +309,9 @@ def generate_scenes(cfg: ScenesConfig, out: str | Path, progress: bool = True) -
         stem, split = stems[index], splits[index]
         pool_name = "train" if split == "train" else "test"
         rng = np.random.default_rng([cfg.seed, _IMAGE_STREAM, index])
+        part_rng = np.random.default_rng([cfg.seed, _PART_STREAM, index])
         for _ in range(COMPOSE_TRIES):
-            scene = compose_scene(cfg, pools[pool_name], textures, rng)
+            scene = compose_scene(cfg, pools[pool_name], textures, rng, part_rng)
             if any(record["kept"] for record in scene.objects):
                 break
         else:
