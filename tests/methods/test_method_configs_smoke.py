@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from scarce.errors import ConfigError
+from scarce.io import read_json, read_label_png, write_json
 from scarce.methods import MethodConfig
 from scarce.methods.compare import compare, cost_units, load_method_config
 
@@ -35,10 +36,22 @@ def test_every_config_runs_on_a_tiny_benchmark(tmp_path):
     assert rows["lpcam"]["train_cost"] == 1.0 and rows["recam"]["train_cost"] > 1.0
     for name in ("table.md", "results.json", "report.html"):
         assert (tmp_path / name).is_file()
-    assert "| recam |" in (tmp_path / "table.md").read_text()
-    # a finished comparison is reused, not recomputed
+    assert "| recam |" in (tmp_path / "table.md").read_text() and "FN deep" in (tmp_path / "table.md").read_text()
+    # the error profile counts every background pixel predicted as object and every object pixel missed
+    profile = summary["per_seed"]["cam"][0]["error_profile"]
+    false_positives = misses = 0
+    for png in (tmp_path / "seed0" / "cam" / "masks" / "test").glob("*.png"):
+        pred, gt = read_label_png(png), read_label_png(tmp_path / "seed0" / "data" / "SegmentationClass" / png.name)
+        false_positives += int(((gt == 0) & (pred != 0)).sum())
+        misses += int(((gt != 0) & (gt != 255) & (pred == 0)).sum())
+    assert (sum(profile["fp_counts"]), sum(profile["fn_counts"])) == (false_positives, misses) and misses > 0
+    # a finished comparison is reused, not recomputed; a result from before profiles gets one from its masks
+    done = tmp_path / "seed0" / "recam" / "compare.json"
+    write_json(done, {k: v for k, v in read_json(done).items() if k != "error_profile"})
     again = compare(methods, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=tiny, method_overrides=cheap)
     assert again["per_seed"]["recam"][0]["timings_s"] == summary["per_seed"]["recam"][0]["timings_s"]
+    for counts in ("fp_counts", "fn_counts"):
+        assert again["per_seed"]["recam"][0]["error_profile"][counts] == summary["per_seed"]["recam"][0]["error_profile"][counts]
 
 
 def test_method_config_checks():

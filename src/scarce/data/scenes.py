@@ -9,7 +9,9 @@ With ``part_size > 0`` every object also carries its class's *emblem*: a fixed b
 stamped inside the object (part of its mask). The emblem names the class more reliably than the garment's
 shape, so a classifier comes to rely on it and CAM lights that small part rather than the whole object:
 the partial-activation failure of large VOC objects (a dog's face rather than the dog), which AdvCAM, RIB,
-Puzzle-CAM and class-specific erasing are built to fix.
+Puzzle-CAM and class-specific erasing are built to fix. Fashion-MNIST shapes are themselves easy to
+recognise, so ``shape_noise`` redraws an object's class at random with that probability: its garment then
+tells the class only weakly (as a dog's fur does) and the emblem strongly (as its face does).
 
 Every image has its own random stream (seeded by ``(seed, image index)``), so a seed gives byte-identical
 files. Train scenes take their objects from Fashion-MNIST's train split, val/test scenes from its test
@@ -72,6 +74,7 @@ class ScenesConfig:
     ignore_width: int = 1
     subset: bool | None = None
     part_size: float = 0.0  # emblem side as a fraction of the object's side; 0 = no emblem
+    shape_noise: float = 0.0  # probability that an object's class is redrawn at random (needs emblems)
 
     def __post_init__(self) -> None:
         self.scale_range = tuple(self.scale_range)  # type: ignore[assignment]
@@ -89,6 +92,8 @@ class ScenesConfig:
              or abs(sum(self.split_fractions) - 1) > 1e-6, "split_fractions must be 3 non-negative numbers summing to 1"),
             (self.ignore_width < 0, f"ignore_width must be >= 0, got {self.ignore_width}"),
             (not 0 <= self.part_size < 1, f"part_size must be in [0, 1), got {self.part_size}"),
+            (not 0 <= self.shape_noise <= 1, f"shape_noise must be in [0, 1], got {self.shape_noise}"),
+            (self.shape_noise > 0 and self.part_size == 0, "shape_noise needs part_size > 0: the emblem must tell the class"),
             (0 < self.part_size and round(self.part_size * low * self.image_size) < GLYPH_CELLS,
              f"the smallest emblem (part_size * scale_range[0] * image_size) must be >= {GLYPH_CELLS} px"),
         ]
@@ -219,6 +224,11 @@ def compose_scene(cfg: ScenesConfig, pool: FashionMNIST, textures: list[np.ndarr
         colour = np.asarray(colorsys.hsv_to_rgb(hue, saturation, 1.0), dtype=np.float32) * 255
         image[footprint] = (shade[local][:, None] * colour)
         record: dict[str, Any] = {"class": class_index, "item": int(item), "x": x, "y": y, "size": size, "flip": flip}
+        if cfg.shape_noise > 0:
+            # The label (and emblem) class is redrawn, so the garment's shape only weakly tells the class.
+            record["garment_class"] = class_index
+            if part_rng.random() < cfg.shape_noise:
+                class_index = record["class"] = int(part_rng.integers(0, len(CLASS_NAMES)))
         if cfg.part_size > 0:
             record["part"] = _stamp_emblem(image, footprint, local, x, y, class_index, cfg.part_size, part_rng)
         label_map[footprint] = class_index + 1

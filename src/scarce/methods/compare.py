@@ -10,6 +10,11 @@ the CAM method learns from the training split, write CAMs of val and test, choos
 on val and score test at it; the oracle Peak IoU (best threshold on test itself) is reported separately.
 Nothing is tuned on test ground truth.
 
+Each test mask is also profiled by :class:`scarce.metrics.extent.ErrorDistanceProfile`: ``FP far`` is the
+share of false-positive pixels farther than 16 px (one feature stride at 128 px) from any object (leakage
+onto context) and ``FN deep`` the share of missed object pixels deeper than 16 px inside an object
+(partial activation), so the table says which failure a method fixes or adds.
+
 Cost is in CAM units, measured in the same run: a method's training time (including the CAM training it
 starts from, for ReCAM and the inference-only methods) and its inference time (fitting on the training split,
 e.g. LPCAM's prototypes, plus the CAMs of val and test) are each divided by CAM's of the same seed.
@@ -35,10 +40,12 @@ import torch
 
 from scarce.cams.store import load_cam
 from scarce.config import from_dict, load_yaml, merge, parse_overrides
+from scarce.data.base import open_dataset
 from scarce.data.scenes import generate_scenes
 from scarce.errors import ConfigError
-from scarce.io import read_json, write_json, write_text
+from scarce.io import read_json, read_label_png, write_json, write_text
 from scarce.methods import MethodConfig, substitute_cam_model
+from scarce.metrics.extent import ErrorDistanceProfile
 from scarce.pipeline import Run, RunConfig, load_run_config
 from scarce.provenance import environment
 from scarce.training import load_trained
@@ -77,7 +84,11 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
     folder = seed_dir / method.name
     done = folder / "compare.json"
     if done.is_file():
-        return read_json(done)
+        result = read_json(done)
+        if "error_profile" not in result:  # finished before profiles existed: the masks are all it needs
+            result["error_profile"] = error_profile(folder / "masks" / "test", seed_dir / "data")
+            write_json(done, result)
+        return result
     cam_model = seed_dir / BASELINE / "train" / "model.pt"
     overrides = dict(method.run)
     if "objective_options" in overrides:
@@ -105,7 +116,7 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
         run.extract_cams(split, model, cam_method)
         timings[f"cam_{split}"] = time.perf_counter() - started
     metrics = run.evaluate()
-    run.write_masks(cfg.data.test_split, metrics["threshold"])
+    masks = run.write_masks(cfg.data.test_split, metrics["threshold"])
     write_json(folder / "metrics.json", metrics)
     extra = {}
     for attr in ("stats", "steps_taken"):
@@ -114,9 +125,19 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
     result = {"method": method.name, "seed": seed, "start_from": method.start_from,
               "uses_cam_classifier": method.name != BASELINE and needs_cam, "timings_s": timings,
               "threshold": metrics["threshold"], "val_peak_miou": metrics["val_peak_miou"], "test": metrics["test"],
-              "test_oracle": metrics["test_oracle"], "extra": extra}
+              "test_oracle": metrics["test_oracle"], "extra": extra,
+              "error_profile": error_profile(masks, seed_dir / "data", cfg.data.test_split)}
     write_json(done, result)
     return result
+
+
+def error_profile(masks: Path, data_root: Path, split: str = "test") -> dict[str, object]:
+    """:class:`ErrorDistanceProfile` of a folder of masks against the scenes ground truth of ``split``."""
+    profile = ErrorDistanceProfile()
+    dataset = open_dataset("scenes", data_root, split, allow_empty=True)
+    for sample in dataset.samples:
+        profile.update(read_label_png(masks / f"{sample.stem}.png"), dataset.load_mask(sample))
+    return profile.compute()
 
 
 def cost_units(result: dict[str, Any], cam: dict[str, Any]) -> tuple[float, float]:
@@ -151,6 +172,8 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, A
             "peak_iou": float(np.mean([100 * per_seed[s]["test_oracle"]["peak_iou"] for s in seeds])),
             "fp": float(np.mean([per_seed[s]["test"]["fp"] for s in seeds])),
             "fn": float(np.mean([per_seed[s]["test"]["fn"] for s in seeds])),
+            "fp_far": float(np.mean([per_seed[s]["error_profile"]["fp_far"] for s in seeds])),
+            "fn_deep": float(np.mean([per_seed[s]["error_profile"]["fn_deep"] for s in seeds])),
             "threshold": float(np.mean([per_seed[s]["threshold"] for s in seeds])),
             "train_cost": float(np.mean([c[0] for c in costs])), "infer_cost": float(np.mean([c[1] for c in costs])),
         })
@@ -159,28 +182,30 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, A
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | test mIoU (val-chosen thr.), mean ± std | Δ vs CAM | oracle Peak IoU | FP | FN | "
-             "thr. | train cost | inference cost |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "FP far | FN deep | thr. | train cost | inference cost |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['miou_mean']:.1f} ± {r['miou_std']:.1f} | {r['gain_mean']:+.1f} | "
-                     f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {r['threshold']:.2f} | "
+                     f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {r['fp_far']:.2f} | "
+                     f"{r['fn_deep']:.2f} | {r['threshold']:.2f} | "
                      f"{r['train_cost']:.2f} | {r['infer_cost']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], seed: int, count: int = 6) -> None:
     """The table and, for the first test images of ``seed``, every method's CAM and mask side by side."""
-    from scarce.data.base import open_dataset
-    from scarce.io import read_label_png
     from scarce.report.html import HtmlReport
     from scarce.report.visual import colorize_labels, overlay_heatmap
 
     report = HtmlReport("scarce: CAM methods compared", subtitle=str(out))
     report.paragraph("Test mIoU at the background threshold chosen on val (mean ± std over seeds); oracle Peak IoU "
                      "uses test ground truth and is for reference only; FP/FN are fractions of each class's union "
-                     "(mean over classes); cost is time divided by CAM's in the same run.")
+                     "(mean over classes); FP far / FN deep are the shares of false positives farther than 16 px "
+                     "from any object (context leakage) and of misses deeper than 16 px inside one (partial "
+                     "activation); cost is time divided by CAM's in the same run.")
     report.table([{"method": r["method"], "test mIoU": r["miou_mean"], "± std": r["miou_std"], "Δ vs CAM": r["gain_mean"],
-                   "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "train cost": r["train_cost"],
+                   "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": r["fp_far"],
+                   "FN deep": r["fn_deep"], "train cost": r["train_cost"],
                    "inference cost": r["infer_cost"]} for r in rows], caption="Methods", float_format="{:.2f}")
     seed_dir = out / f"seed{seed}"
     dataset = open_dataset("scenes", seed_dir / "data", "test", allow_empty=True)
