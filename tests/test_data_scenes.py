@@ -152,9 +152,11 @@ def test_emblems_change_only_the_pixels_under_them(tmp_path: Path) -> None:
         assert "part" not in json.dumps(meta_plain[stem])
 
 
-def test_emblem_is_the_class_glyph_painted_inside_the_object() -> None:
+@pytest.mark.parametrize("shape_noise", [0.0, 1.0])
+def test_emblem_is_the_class_glyph_painted_inside_the_object(shape_noise: float) -> None:
     # 50-px objects and 20-px emblems: nearest-neighbour upscaling of the 5x5 glyph is an exact 4x repeat
-    cfg = small_config(image_size=50, min_objects=1, max_objects=1, scale_range=(1.0, 1.0), part_size=0.4)
+    cfg = small_config(image_size=50, min_objects=1, max_objects=1, scale_range=(1.0, 1.0), part_size=0.4,
+                       shape_noise=shape_noise)
     pool = load_fashion_mnist("train", subset=True)
     textures = load_textures()
     glyphs = class_glyphs(len(CLASS_NAMES))
@@ -168,6 +170,25 @@ def test_emblem_is_the_class_glyph_painted_inside_the_object() -> None:
         inside = scene.mask[y0:y1, x0:x1] == obj["class"] + 1
         assert inside.any()
         assert (patch[inside & glyph] == 255).all() and (patch[inside & ~glyph] == 0).all()
+
+
+def test_shape_noise_relabels_objects_and_their_emblems(tmp_path: Path) -> None:
+    generate_scenes(small_config(n=30, part_size=0.3, shape_noise=1.0), tmp_path, progress=False)
+    meta = json.loads((tmp_path / "scenes.json").read_text())
+    objects = [obj for record in meta["images"].values() for obj in record["objects"]]
+    pool_labels = {name: load_fashion_mnist(name, subset=True).labels for name in ("train", "test")}
+    relabelled = 0
+    for record in meta["images"].values():
+        for obj in record["objects"]:
+            assert obj["garment_class"] == pool_labels[record["pool"]][obj["item"]]
+            relabelled += obj["class"] != obj["garment_class"]
+    assert relabelled > 0.7 * len(objects)  # redrawn uniformly: 9 in 10 land on another class
+    for split in ("train", "val", "test"):  # masks and image labels follow the redrawn class
+        for sample in load_voc(tmp_path, split).samples:
+            kept = {obj["class"] for obj in meta["images"][sample.stem]["objects"] if obj["kept"]}
+            assert set(sample.labels) == kept
+    with pytest.raises(ConfigError, match="shape_noise needs part_size"):
+        ScenesConfig(shape_noise=0.5)
 
 
 def test_emblem_position_prefers_squares_inside_the_mask() -> None:
