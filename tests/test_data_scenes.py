@@ -230,3 +230,16 @@ def test_mask_png_uses_the_voc_palette(tmp_path: Path) -> None:
         palette = img.getpalette()
     assert palette is not None and palette[3:6] == [128, 0, 0] and palette[255 * 3 : 256 * 3] == [224, 224, 192]
     assert read_label_png(path).dtype == np.uint8
+
+
+def test_cli_writes_scenes_with_emblems(tmp_path: Path) -> None:
+    from scarce.cli import main
+
+    out = tmp_path / "cli"
+    args = ["data", "scenes", "--out", str(out), "--n", "6", "--image-size", "64", "--scale-range", "0.4", "0.6",
+            "--part-size", "0.3", "--shape-noise", "0.5"]
+    assert main(args) == 0
+    meta = json.loads((out / "scenes.json").read_text())
+    assert (meta["config"]["part_size"], meta["config"]["shape_noise"]) == (0.3, 0.5)
+    assert all("part" in obj and "garment_class" in obj for r in meta["images"].values() for obj in r["objects"])
+    assert len(list((out / "JPEGImages").glob("*.jpg"))) == 6

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     scenes.add_argument("--part-size", type=float, default=0.0,
                         help="side of each object's class emblem as a fraction of the object's side (0: none); "
                              "makes CAM light only a part of each object")
+    scenes.add_argument("--shape-noise", type=float, default=0.0,
+                        help="probability that an object's class (and emblem) is redrawn at random, so that its "
+                             "shape tells the class only weakly (needs --part-size)")
     scenes.set_defaults(func=cmd_scenes)
 
     for name, func, text in (
@@ -104,7 +107,8 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
     cfg = ScenesConfig(n=args.n, seed=args.seed, image_size=args.image_size, min_objects=args.min_objects,
                        max_objects=args.max_objects, scale_range=tuple(args.scale_range), occlusion=args.occlusion,
-                       cooccurrence=args.cooccurrence, part_size=args.part_size)
+                       cooccurrence=args.cooccurrence, part_size=args.part_size,
+                       shape_noise=args.shape_noise)
     dataset = generate_scenes(cfg, args.out)
     print(f"wrote {args.n} scenes ({len(dataset.class_names)} classes) to {args.out}")
     return 0
