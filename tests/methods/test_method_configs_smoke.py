@@ -99,3 +99,18 @@ def test_scale_controls_run_on_a_tiny_benchmark(tmp_path):
                          "cam_continued"}
     for row in rows.values():
         assert 0.0 <= row["miou_mean"] <= 100.0
+
+
+def test_partial_activation_variant_changes_only_the_scenes():
+    """The variant benchmark is base.yaml with the scenes (and the crop that follows their size) changed."""
+    from scarce.config import load_yaml, merge, parse_overrides
+
+    base = load_yaml(CONFIGS / "base.yaml")
+    variant = load_yaml(CONFIGS / "variants" / "partial_activation.yaml")
+    changed = {"data": {"scenes": {"image_size": 256, "part_size": 0.25, "shape_noise": 0.5, "cooccurrence": 0.0}},
+               "train": {"augment": {"crop_size": 256}}}
+    assert variant == merge(base, changed)
+    # ... so it is the benchmark of the documented --set command line
+    as_run = ["data.scenes.part_size=0.25", "data.scenes.shape_noise=0.5", "data.scenes.cooccurrence=0.0",
+              "data.scenes.image_size=256", "train.augment.crop_size=256"]
+    assert variant == merge(base, parse_overrides(as_run))

@@ -302,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--set-method {item!r} must look like METHOD:KEY=VALUE")
         per_method.setdefault(name, []).append(setting)
     base = args.base or DEFAULT_BASE
-    configs = [p for p in args.configs if p.resolve() != base.resolve()]
+    # a shell glob such as configs/methods/*.yaml also matches the benchmark configs, which are not methods
+    benchmarks = {base.resolve(), DEFAULT_BASE.resolve()}
+    configs = [p for p in args.configs if p.resolve() not in benchmarks]
     summary = compare(configs, args.out, args.seeds, args.base, args.overrides, per_method, args.progress)
     print()
     print(markdown_table(summary["rows"]), end="")
