@@ -78,6 +78,9 @@ def test_confusions_and_ignored_pixels_are_not_counted_and_depth_is_to_the_own_b
     whole = ErrorDistanceProfile(edges=(1,))
     whole.update(np.zeros((2, 2), dtype=np.uint8), np.ones((2, 2), dtype=np.uint8))
     assert whole.compute()["fn_counts"] == [0, 4]  # a class covering the image has no boundary: all deep
+    empty = ErrorDistanceProfile(edges=(1,))
+    empty.update(np.array([[0, 3, 3]], dtype=np.uint8), np.zeros((1, 3), dtype=np.uint8))
+    assert empty.compute()["fp_counts"] == [0, 2]  # no object in the image: every false positive is far
 
 
 def test_merge_equals_one_pass_and_validates() -> None:
@@ -95,3 +98,29 @@ def test_merge_equals_one_pass_and_validates() -> None:
         ErrorDistanceProfile(edges=(4, 4))
     with pytest.raises(ValueError, match="shape"):
         whole.update(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_profile_of_a_mask_folder_names_a_missing_or_mismatched_mask(tmp_path) -> None:
+    from scarce.data import ScenesConfig, generate_scenes, load_voc
+    from scarce.data.base import save_label_png
+    from scarce.errors import DataError
+    from scarce.io import read_label_png
+    from scarce.methods.compare import error_profile
+
+    generate_scenes(ScenesConfig(n=10, image_size=32, scale_range=(0.4, 0.6), subset=True), tmp_path / "data",
+                    progress=False)
+    masks = tmp_path / "masks"
+    samples = load_voc(tmp_path / "data", "test", allow_empty=True).samples
+    for sample in samples:  # predicting the ground truth itself: no error of either kind
+        gt = read_label_png(tmp_path / "data" / "SegmentationClass" / f"{sample.stem}.png")
+        save_label_png(masks / f"{sample.stem}.png", np.where(gt == 255, 0, gt).astype(np.uint8))
+    out = error_profile(masks, tmp_path / "data")
+    assert sum(out["fp_counts"]) == 0 and sum(out["fn_counts"]) == 0
+    bad = masks / f"{samples[0].stem}.png"
+    save_label_png(bad, np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match=f"{samples[0].stem}.png.*shape"):
+        error_profile(masks, tmp_path / "data")
+    bad.unlink()
+    with pytest.raises(DataError, match=f"{samples[0].stem}.png: label file not found"):
+        error_profile(masks, tmp_path / "data")
+

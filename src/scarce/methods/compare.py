@@ -42,7 +42,7 @@ from scarce.cams.store import load_cam
 from scarce.config import from_dict, load_yaml, merge, parse_overrides
 from scarce.data.base import open_dataset
 from scarce.data.scenes import generate_scenes
-from scarce.errors import ConfigError
+from scarce.errors import ConfigError, DataError
 from scarce.io import read_json, read_label_png, write_json, write_text
 from scarce.methods import MethodConfig, substitute_cam_model
 from scarce.metrics.extent import ErrorDistanceProfile
@@ -136,7 +136,11 @@ def error_profile(masks: Path, data_root: Path, split: str = "test") -> dict[str
     profile = ErrorDistanceProfile()
     dataset = open_dataset("scenes", data_root, split, allow_empty=True)
     for sample in dataset.samples:
-        profile.update(read_label_png(masks / f"{sample.stem}.png"), dataset.load_mask(sample))
+        path = masks / f"{sample.stem}.png"
+        try:
+            profile.update(read_label_png(path), dataset.load_mask(sample))
+        except ValueError as exc:
+            raise DataError(path, f"against the ground truth of {sample.stem}: {exc}") from None
     return profile.compute()
 
 

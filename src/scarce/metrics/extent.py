@@ -18,8 +18,8 @@ Distances are Euclidean, in pixels, computed per image with ``scipy.ndimage.dist
   neither profile.
 
 Errors are binned by ``edges`` (upper bounds, inclusive): bin i holds distances in (edges[i-1], edges[i]],
-the last bin everything beyond ``edges[-1]``. A class covering the whole image has no boundary; its
-misses are counted in the last bin.
+the last bin everything beyond ``edges[-1]``. A class covering the whole image has no boundary, and an image
+without objects has nothing to be near: their misses and false positives are counted in the last bin.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ class ErrorDistanceProfile:
         objects = ~background & (gt != self.ignore_index)
         false_positive = background & (pred != 0)
         if false_positive.any():
-            self.false_positive += self._bin(ndimage.distance_transform_edt(background)[false_positive])
+            if background.all():  # no object at all: every false positive is as far from one as can be
+                self.false_positive[-1] += int(false_positive.sum())
+            else:
+                self.false_positive += self._bin(ndimage.distance_transform_edt(background)[false_positive])
         missed = objects & (pred == 0)
         for label in np.unique(gt[missed]):
             region = gt == label
