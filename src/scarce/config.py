@@ -19,8 +19,25 @@ from scarce.errors import ConfigError
 T = TypeVar("T")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in a YAML file, on top of the file its ``base:`` key names (a path relative to it), if any.
+
+    A variant config then states only what it changes (``base: ../base.yaml`` plus the changed keys), so
+    it cannot drift from the config it varies.
+    """
     path = Path(path)
+    data = _read_mapping(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file path, got {base!r}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    return merge(load_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -102,7 +102,7 @@ def test_scale_controls_run_on_a_tiny_benchmark(tmp_path):
 
 
 def test_partial_activation_variant_changes_only_the_scenes():
-    """The variant benchmark is base.yaml with the scenes (and the crop that follows their size) changed."""
+    """The variant benchmark (a base: chain onto base.yaml) changes only the scenes and the crop that follows them."""
     from scarce.config import load_yaml, merge, parse_overrides
 
     base = load_yaml(CONFIGS / "base.yaml")

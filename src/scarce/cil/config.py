@@ -83,22 +83,9 @@ class CILConfig:
         return str(self.method.get("name", ""))
 
 
-def _load_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' files form a cycle")
-    data = load_yaml(path)
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must be a file path, got {base!r}")
-    return merge(_load_with_base(path.parent / base, seen + (path,)), data)
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CILConfig:
     """Defaults ← YAML (with its ``base:`` chain) ← overrides like ``train.epochs=2``."""
-    data = _load_with_base(Path(path)) if path else {}
+    data = load_yaml(path) if path else {}
     data = merge(data, parse_overrides(overrides))
     cfg = from_dict(CILConfig, data)
     if not isinstance(cfg.method, dict) or not cfg.method.get("name"):
