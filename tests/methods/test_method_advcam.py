@@ -1,25 +1,68 @@
-"""AdvCAM: a climbing step increases the target logit; maps are the sum over steps; the step's normalisation."""
+"""AdvCAM: the climbed scores, a step raising the target's, maps summed over steps, the step's normalisation."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from scarce.cams import CamConfig, CamExtractor, build_cam_method
+from scarce.errors import ConfigError
 from scarce.methods.advcam import AdvCam, AdvcamOptions, adversarial_step, climb_objective
 
 
-def test_a_step_increases_the_target_logit(tiny_model):
+def _hand_scores(model, images: torch.Tensor, logits: str) -> torch.Tensor:
+    """(N, C) scores, one class and one grid cell at a time."""
+    with torch.no_grad():
+        features = model.features(images)
+        if logits == "classifier":
+            return model(images)
+        n, _, h, w = features.shape
+        scores = torch.zeros(n, model.class_weights.shape[0])
+        for i in range(n):
+            for c, weight in enumerate(model.class_weights):
+                cells = [max(float(weight @ features[i, :, y, x]), 0.0) for y in range(h) for x in range(w)]
+                scores[i, c] = sum(cells) / len(cells)
+        return scores
+
+
+@pytest.mark.parametrize("logits", ["relu_cam", "classifier"])
+def test_objective_is_the_target_score_minus_the_others(tiny_model, logits):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([1, 3])
+    with torch.no_grad():
+        objective, cam = climb_objective(tiny_model, images, target, None, 7.0, 0.5, logits)
+    scores = _hand_scores(tiny_model, images, logits)
+    expected = torch.stack([2 * scores[i, c] - scores[i].sum() for i, c in enumerate(target.tolist())])
+    assert torch.allclose(objective, expected, atol=1e-4)
+    assert cam.shape == (2, 4, 4) and (cam >= 0).all()  # 64 px at stride 16
+
+
+def test_the_two_scores_differ_where_maps_go_negative(tiny_model):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    relu_cam, classifier = _hand_scores(tiny_model, images, "relu_cam"), _hand_scores(tiny_model, images, "classifier")
+    assert (tiny_model.class_maps(tiny_model.features(images)) < 0).any()
+    assert not torch.allclose(relu_cam, classifier, atol=1e-3)
+
+
+@pytest.mark.parametrize("logits", ["relu_cam", "classifier"])
+def test_a_step_increases_the_target_score(tiny_model, logits):
     torch.manual_seed(0)
     images = torch.randn(3, 3, 64, 64)
     target = torch.tensor([1, 2, 0])
     rows = torch.arange(3)
     x = images.clone().requires_grad_(True)
-    objective, _ = climb_objective(tiny_model, x, target, None, 7.0, 0.5)
+    objective, _ = climb_objective(tiny_model, x, target, None, 7.0, 0.5, logits)
     (grad,) = torch.autograd.grad(objective.sum(), x)
     stepped = adversarial_step(images, grad, 0.01)
-    with torch.no_grad():
-        before, after = tiny_model(images)[rows, target], tiny_model(stepped)[rows, target]
-    assert (after > before).all()
+    before, after = _hand_scores(tiny_model, images, logits), _hand_scores(tiny_model, stepped, logits)
+    assert (after[rows, target] > before[rows, target]).all()
+
+
+def test_unknown_scores_are_refused():
+    with pytest.raises(ConfigError, match="logits must be one of relu_cam, classifier"):
+        build_cam_method(CamConfig(method="advcam", options={"logits": "softmax"}))
 
 
 def test_step_is_normalised_by_the_max_gradient_and_clipped_to_the_image_range():

@@ -52,6 +52,10 @@ def test_every_config_runs_on_a_tiny_benchmark(tmp_path):
     assert again["per_seed"]["recam"][0]["timings_s"] == summary["per_seed"]["recam"][0]["timings_s"]
     for counts in ("fp_counts", "fn_counts"):
         assert again["per_seed"]["recam"][0]["error_profile"][counts] == summary["per_seed"]["recam"][0]["error_profile"][counts]
+    # a finished run is reused only for the configuration it was made with
+    changed = {**cheap, "recam": ["train.epochs=2"]}
+    with pytest.raises(ConfigError, match=r"seed0/recam: finished with another configuration \(train.epochs differ\)"):
+        compare(methods, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=tiny, method_overrides=changed)
 
 
 def test_method_config_checks():
@@ -69,7 +73,7 @@ def test_method_config_checks():
 
 def test_scale_controls_match_the_methods_they_control():
     """The controls isolate a method from its inference scales: each copies exactly the settings it claims to."""
-    from scarce.config import load_yaml
+    from scarce.config import load_yaml, merge
 
     controls = {p.stem: load_method_config(p) for p in (CONFIGS / "controls").glob("*.yaml")}
     base_scales = load_yaml(CONFIGS / "base.yaml")["cam"]["scales"]
@@ -79,6 +83,10 @@ def test_scale_controls_match_the_methods_they_control():
         at_cam = controls[f"{method}_at_cam_scales"].run["cam"]
         assert at_cam["scales"] == base_scales != own["scales"]
         assert {k: v for k, v in at_cam.items() if k != "scales"} == {k: v for k, v in own.items() if k != "scales"}
+    # the scores control changes only which scores AdvCAM climbs
+    advcam = load_method_config(CONFIGS / "advcam.yaml").run
+    assert advcam["cam"]["options"]["logits"] == "relu_cam"
+    assert controls["advcam_classifier_logits"].run == merge(advcam, {"cam": {"options": {"logits": "classifier"}}})
     scale_controls = [c for name, c in controls.items() if "scales" in name]
     assert all(c.start_from == "none" for c in scale_controls)  # all read the CAM classifier of the seed
     # the continued-training control matches the epochs of every method that continues the CAM classifier
@@ -91,12 +99,13 @@ def test_scale_controls_match_the_methods_they_control():
 
 def test_scale_controls_run_on_a_tiny_benchmark(tmp_path):
     configs = [CONFIGS / "cam.yaml", *sorted((CONFIGS / "controls").glob("*.yaml"))]
-    cheap = {"advcam_at_cam_scales": ["cam.options.adv_iter=2"], "cam_continued": ["train.epochs=1"],
+    cheap = {"advcam_at_cam_scales": ["cam.options.adv_iter=2"], "advcam_classifier_logits": ["cam.options.adv_iter=2"],
+             "cam_continued": ["train.epochs=1"],
              "rib_at_cam_scales": ["cam.options.rib_iter=2", "cam.options.rib_batch=2"]}
     summary = compare(configs, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=TINY, method_overrides=cheap)
     rows = {row["method"]: row for row in summary["rows"]}
     assert set(rows) == {"cam", "cam_at_advcam_scales", "cam_at_rib_scales", "advcam_at_cam_scales", "rib_at_cam_scales",
-                         "cam_continued"}
+                         "cam_continued", "advcam_classifier_logits"}
     for row in rows.values():
         assert 0.0 <= row["miou_mean"] <= 100.0
 

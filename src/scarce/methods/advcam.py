@@ -5,10 +5,17 @@ CAM method ``advcam``: for every (image, class c) pair the image climbs the grad
     J(x) = y_c(x) − Σ_{k≠c} y_k(x) − λ · Σ_{(i,j)} M_{ij} · |A_c(x)_{ij} − A_c(x⁰)_{ij}|,
     x ← clip(x + ξ · ∇J / ‖∇J‖_∞),   clipped to the current image's value range,
 
-where y are the classifier's logits, A_c = relu(CAM_c) on the feature grid and M marks the pixels whose
+where A_c = relu(CAM_c) on the feature grid, y are the class scores and M marks the pixels whose
 max-normalised A_c exceeds ``score_th`` (the already discriminative region, recomputed at every step as in
 AdvCAM's code) so that they do not keep growing. The map of the pair is the **sum** of A_c over the
 ``adv_iter`` steps (x⁰ … x^{T−1}). Defaults are AdvCAM's: 27 steps, λ = 7, ξ = 0.08, score_th = 0.5.
+
+The scores y: AdvCAM's code (``obtain_CAM_masking.py``) climbs y_k = mean over the grid of relu(CAM_k)
+(``logits: relu_cam``, the default), not the classifier's logits (``logits: classifier``; the paper's equation
+reads as either). The difference matters: a logit (mean of the raw map plus bias) also rises when negative
+context regions turn less negative and falls without bound when the other classes' maps turn negative, so
+the normalised step spends its budget there; relu'd scores only grow with positive evidence for c and stop
+pushing a class k once its map is nowhere positive.
 
 AdvCAM halves the steps (and doubles the map) at its smallest scale; set ``base_size`` (the side of the
 scale-1 images) to do the same for every image smaller than that. The penalty is a *sum* over the feature
@@ -41,17 +48,25 @@ class AdvcamOptions:
     ad_stepsize: float = 0.08
     score_th: float = 0.5
     base_size: int | None = None  # images with a longer side below it get adv_iter // 2 steps, map × 2
+    logits: str = "relu_cam"  # the scores climbed: "relu_cam" (AdvCAM's code) or "classifier" (the logits)
+
+
+SCORES = ("relu_cam", "classifier")
 
 
 def climb_objective(model: CamModel, x: torch.Tensor, target: torch.Tensor, init: torch.Tensor | None,
-                    coeff: float, score_th: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    coeff: float, score_th: float, logits: str = "relu_cam") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row objective J and the ReLU'd CAM of the target class: x (N, 3, H, W), target (N,) → (N,), (N, h, w)."""
     features = model.features(x)
-    logits = model.logits_from_features(features)
     rows = torch.arange(len(x))
-    cam = F.relu(torch.einsum("nd,ndhw->nhw", model.class_weights[target].to(features), features))
-    own = logits[rows, target]
-    objective = own - (logits.sum(dim=1) - own)
+    if logits == "relu_cam":
+        maps = F.relu(model.class_maps(features))
+        scores, cam = maps.mean(dim=(2, 3)), maps[rows, target]
+    else:
+        scores = model.logits_from_features(features)
+        cam = F.relu(torch.einsum("nd,ndhw->nhw", model.class_weights[target].to(features), features))
+    own = scores[rows, target]
+    objective = own - (scores.sum(dim=1) - own)
     if init is not None and coeff:
         peak = cam.detach().amax(dim=(1, 2), keepdim=True)
         region = (cam.detach() / (peak + 1e-12) > score_th).to(cam.dtype)
@@ -76,6 +91,8 @@ class AdvCam(CamMethod):
         self.options = options or from_dict(AdvcamOptions, dict(getattr(cfg, "options", {}) or {}), "cam.options")
         if self.options.adv_iter < 1:
             raise ConfigError(f"advcam: adv_iter must be >= 1, got {self.options.adv_iter}")
+        if self.options.logits not in SCORES:
+            raise ConfigError(f"advcam: logits must be one of {', '.join(SCORES)}, got {self.options.logits!r}")
 
     def steps_for(self, images: torch.Tensor) -> tuple[int, float]:
         base, steps = self.options.base_size, self.options.adv_iter
@@ -97,7 +114,7 @@ class AdvCam(CamMethod):
         init: torch.Tensor | None = None
         for _ in range(steps):
             x = x.detach().requires_grad_(True)
-            objective, cam = climb_objective(model, x, target, init, opts.ad_coeff, opts.score_th)
+            objective, cam = climb_objective(model, x, target, init, opts.ad_coeff, opts.score_th, opts.logits)
             if init is None:
                 init = cam.detach()
             total = cam.detach() if total is None else total + cam.detach()
