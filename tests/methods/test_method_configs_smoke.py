@@ -95,17 +95,24 @@ def test_scale_controls_match_the_methods_they_control():
     for method in ("puzzle", "erasing"):
         own = load_method_config(CONFIGS / f"{method}.yaml")
         assert own.start_from == "cam" and own.run["train"]["epochs"] == continued.run["train"]["epochs"]
+    # OC-CSE at its paper's schedule changes only where E starts and for how long; its control trains as long
+    erasing, paper = load_method_config(CONFIGS / "erasing.yaml"), controls["erasing_paper_schedule"]
+    assert (paper.start_from, paper.run["train"]) == ("imagenet", {"epochs": 15})
+    assert paper.run == merge(erasing.run, {"train": {"epochs": 15}})
+    longer = controls["cam_15_epochs"]
+    assert (longer.start_from, longer.run) == ("imagenet", {"train": {"epochs": 15}})
 
 
 def test_scale_controls_run_on_a_tiny_benchmark(tmp_path):
     configs = [CONFIGS / "cam.yaml", *sorted((CONFIGS / "controls").glob("*.yaml"))]
     cheap = {"advcam_at_cam_scales": ["cam.options.adv_iter=2"], "advcam_classifier_logits": ["cam.options.adv_iter=2"],
-             "cam_continued": ["train.epochs=1"],
+             "cam_continued": ["train.epochs=1"], "cam_15_epochs": ["train.epochs=2"],
+             "erasing_paper_schedule": ["train.epochs=2"],
              "rib_at_cam_scales": ["cam.options.rib_iter=2", "cam.options.rib_batch=2"]}
     summary = compare(configs, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=TINY, method_overrides=cheap)
     rows = {row["method"]: row for row in summary["rows"]}
     assert set(rows) == {"cam", "cam_at_advcam_scales", "cam_at_rib_scales", "advcam_at_cam_scales", "rib_at_cam_scales",
-                         "cam_continued", "advcam_classifier_logits"}
+                         "cam_continued", "advcam_classifier_logits", "cam_15_epochs", "erasing_paper_schedule"}
     for row in rows.values():
         assert 0.0 <= row["miou_mean"] <= 100.0
 

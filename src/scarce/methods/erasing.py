@@ -1,9 +1,10 @@
 """Class-specific adversarial erasing (OC-CSE: Kweon et al., "Unlocking the potential of ordinary classifier", ICCV'21).
 
-Training objective ``erasing``. Two classifiers: the one being trained, E (the "erasing" network, started
-from ImageNet weights as in OC-CSE's ``er_init``), and a **frozen ordinary classifier** C (the converged CAM
-classifier of the same seed, OC-CSE's ``cl_init: cam``). Per image, one GT class r is drawn at random; E's
-CAM of r, upsampled to the image and ReLU'd, is divided by its maximum and erases the image:
+Training objective ``erasing``. Two classifiers: the one being trained, E (the "erasing" network; OC-CSE's
+``er_init`` starts it from ImageNet weights, the method config's ``start_from`` decides), and a **frozen
+ordinary classifier** C (the converged CAM classifier of the same seed, OC-CSE's ``cl_init: cam``). Per
+image, one GT class r is drawn at random; E's CAM of r, upsampled to the image and ReLU'd, is divided by its
+maximum and erases the image:
 
     mask = relu(up(CAM_E^r)) / (max + 1e-5),   x_erased = x ⊙ (1 − mask),
     L = BCE(E(x), y) + w · BCE(C(x_erased), y ∖ {r}),   w = cc_init + cc_slope · epoch.
@@ -15,8 +16,8 @@ uses each image's own maximum. ``mask_threshold`` switches to hard erasing (clas
 pixels whose normalised map exceeds the threshold are set to 0, the others are kept as they are.
 
 The ramp w = 0.3 + 0.05 · epoch is defined on OC-CSE's 15-epoch schedule; here w follows the same line over
-the fraction of training done, ``w = cc_init + cc_slope · ramp_epochs · progress`` (0.3 → 1.05), so that a
-shorter schedule sees the same range of weights. Inference is the ordinary CAM of E.
+the fraction of training done, ``w = cc_init + cc_slope · ramp_epochs · progress`` (0.3 → 1.05, where OC-CSE's
+per-epoch steps end at 1.0 in its last epoch), so that a shorter schedule sees the same range of weights. Inference is the ordinary CAM of E.
 """
 
 from __future__ import annotations
