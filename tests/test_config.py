@@ -35,3 +35,26 @@ def test_base_chain_errors_name_the_file(tmp_path: Path) -> None:
     missing = write(tmp_path / "d.yaml", "base: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="nowhere.yaml: config file not found"):
         load_yaml(missing)
+
+
+def test_changed_keys_names_the_dotted_keys_that_differ():
+    from dataclasses import dataclass, field
+
+    from scarce.config import changed_keys
+
+    @dataclass
+    class Inner:
+        size: int = 1
+        scales: tuple[float, ...] = (1.0,)
+
+    @dataclass
+    class Outer:
+        root: str = "a"
+        inner: Inner = field(default_factory=Inner)
+        options: dict = field(default_factory=dict)
+
+    same = Outer(inner=Inner(scales=(1.0,)))
+    assert changed_keys(Outer(), same) == []
+    other = Outer(root="b", inner=Inner(size=2, scales=(1.0, 0.5)), options={"logits": "classifier"})
+    assert changed_keys(Outer(), other) == ["inner.scales", "inner.size", "options.logits", "root"]
+    assert changed_keys(Outer(), other, ignore=("root", "options.logits")) == ["inner.scales", "inner.size"]

@@ -122,6 +122,21 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys on which two configs (dataclasses) differ, those in ``ignore`` aside.
+
+    Used to refuse mixing two configurations in one output folder: the stored config is read by today's
+    code, so a field added since it was written counts only if it is set to something else.
+    """
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: _plain(value)}
+
+    before, after = flat(to_dict(old), ""), flat(to_dict(new), "")
+    return sorted(key for key in before.keys() | after.keys() if key not in ignore and before.get(key) != after.get(key))
+
+
 def resolve(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls`` ← YAML at ``path`` ← command-line overrides."""
     data = load_yaml(path) if path else {}

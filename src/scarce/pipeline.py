@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from scarce.cams import CamConfig, CamExtractor, CamMethod, build_cam_method
 from scarce.cams.store import load_cam, save_cam
-from scarce.config import dump_yaml, from_dict, load_yaml, to_dict
+from scarce.config import changed_keys, dump_yaml, from_dict, load_yaml, to_dict
 from scarce.data.base import Sample, WeakDataset, open_dataset
 from scarce.data.scenes import ScenesConfig, generate_scenes
 from scarce.errors import ConfigError, ScarceError
@@ -94,10 +94,11 @@ class Run:
     def write_config(self) -> None:
         """Store the resolved config; refuse to mix two configurations in one folder."""
         path = self.folder / "config.yaml"
-        text = dump_yaml(self.cfg)
-        if path.exists() and path.read_text() != text:
-            raise ScarceError(f"{path}: this run folder was made with another configuration; use another output folder")
-        write_text(path, text)
+        changed = changed_keys(load_run_config(path), self.cfg) if path.exists() else []
+        if changed:
+            raise ScarceError(f"{path}: this run folder was made with another configuration ({', '.join(changed)} "
+                              "differ); use another output folder")
+        write_text(path, dump_yaml(self.cfg))
 
     @property
     def data_root(self) -> Path:

@@ -59,12 +59,9 @@ def climb_objective(model: CamModel, x: torch.Tensor, target: torch.Tensor, init
     """Per-row objective J and the ReLU'd CAM of the target class: x (N, 3, H, W), target (N,) → (N,), (N, h, w)."""
     features = model.features(x)
     rows = torch.arange(len(x))
-    if logits == "relu_cam":
-        maps = F.relu(model.class_maps(features))
-        scores, cam = maps.mean(dim=(2, 3)), maps[rows, target]
-    else:
-        scores = model.logits_from_features(features)
-        cam = F.relu(torch.einsum("nd,ndhw->nhw", model.class_weights[target].to(features), features))
+    maps = F.relu(model.class_maps(features))
+    cam = maps[rows, target]
+    scores = maps.mean(dim=(2, 3)) if logits == "relu_cam" else model.logits_from_features(features)
     own = scores[rows, target]
     objective = own - (scores.sum(dim=1) - own)
     if init is not None and coeff:

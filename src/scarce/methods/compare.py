@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from scarce.cams.store import load_cam
-from scarce.config import from_dict, load_yaml, merge, parse_overrides, to_dict
+from scarce.config import changed_keys, from_dict, load_yaml, merge, parse_overrides
 from scarce.data.base import open_dataset
 from scarce.data.scenes import generate_scenes
 from scarce.errors import ConfigError, DataError
@@ -89,7 +89,7 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
     cfg = load_run_config(None, merge(_seed_config(base, seed, seed_dir / "data"), overrides))
     done = folder / "compare.json"
     if done.is_file():
-        changed = config_changes(load_run_config(folder / "config.yaml"), cfg)
+        changed = changed_keys(load_run_config(folder / "config.yaml"), cfg, ignore=("data.root",))  # root follows --out
         if changed:
             raise ConfigError(f"{folder}: finished with another configuration ({', '.join(changed)} differ); "
                               "use another --out, or delete this folder to re-run it")
@@ -133,20 +133,6 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
               "error_profile": error_profile(masks, seed_dir / "data", cfg.data.test_split)}
     write_json(done, result)
     return result
-
-
-def config_changes(stored: RunConfig, wanted: RunConfig) -> list[str]:
-    """Dotted keys on which two run configs differ, ``data.root`` aside (it follows the output folder).
-
-    Both sides are read by today's code, so a field added since a run finished counts only if it is set.
-    """
-    def flat(value: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
-
-    old, new = flat(to_dict(stored), ""), flat(to_dict(wanted), "")
-    return sorted(key for key in old.keys() | new.keys() if key != "data.root" and old.get(key) != new.get(key))
 
 
 def error_profile(masks: Path, data_root: Path, split: str = "test") -> dict[str, object]:

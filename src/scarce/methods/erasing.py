@@ -16,8 +16,9 @@ uses each image's own maximum. ``mask_threshold`` switches to hard erasing (clas
 pixels whose normalised map exceeds the threshold are set to 0, the others are kept as they are.
 
 The ramp w = 0.3 + 0.05 · epoch is defined on OC-CSE's 15-epoch schedule; here w follows the same line over
-the fraction of training done, ``w = cc_init + cc_slope · ramp_epochs · progress`` (0.3 → 1.05, where OC-CSE's
-per-epoch steps end at 1.0 in its last epoch), so that a shorter schedule sees the same range of weights. Inference is the ordinary CAM of E.
+the fraction of training done, ``w = cc_init + cc_slope · ramp_epochs · progress`` (0.3 → 1.05, where
+OC-CSE's per-epoch steps end at 1.0 in its last epoch), so that a shorter schedule sees the same range of
+weights. Inference is the ordinary CAM of E.
 """
 
 from __future__ import annotations
