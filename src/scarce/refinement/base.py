@@ -33,6 +33,10 @@ class RefineContext:
     work_dir: Path  # where the refiner keeps what it learns (checkpoints); resumable
     train_split: str = "train"
     val_split: str = "val"
+    # chosen on val by the pipeline (never on the split being scored): the seeds' background threshold and the
+    # confident (fg, bg) thresholds that trainable refiners (the affinity network) learn from
+    threshold: float | None = None
+    confident: tuple[float, float] | None = None
     progress: bool = True
 
 
