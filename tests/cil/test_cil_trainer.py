@@ -103,3 +103,17 @@ def test_same_seed_same_matrix_different_seed_different(tmp_path):
     c = run(tiny_config("icarl", "seed=4"), tmp_path / "c", progress=False)
     assert a.matrices["nme"].per_task == b.matrices["nme"].per_task
     assert a.matrices["cnn"].per_task != c.matrices["cnn"].per_task
+
+
+def test_a_checkpoint_holding_other_objects_is_refused_not_unpickled(tmp_path):
+    import numpy as np
+
+    from scarce.io import save_torch
+
+    run(tiny_config("finetune"), tmp_path, progress=False)
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["rng"]["numpy"] = np.random.get_state()  # format 1 stored numpy's state as numpy objects
+    save_torch(path, state)
+    with pytest.raises(TrainingError, match=r"last.pt: cannot read checkpoint \(UnpicklingError: .*start the run again"):
+        run(tiny_config("finetune"), tmp_path, resume=True, progress=False)
