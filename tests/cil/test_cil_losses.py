@@ -72,7 +72,7 @@ def logits_net(logits):
     return lambda x: {"logits": logits}
 
 
-T_ = torch.tensor
+tensor = torch.tensor
 CTX = SimpleNamespace(n_old=2, n_new=2, n_seen=4)
 STUDENT = [[1.0, -0.5, 2.0, 0.3], [0.2, 0.4, -1.0, 1.5], [-0.7, 0.9, 0.1, 0.0]]
 TEACHER = [[0.5, 1.0], [2.0, -1.0], [-0.3, 0.6]]
@@ -84,8 +84,8 @@ TEACHER = [[0.5, 1.0], [2.0, -1.0], [-0.3, 0.6]]
 def test_lwf_loss_is_new_class_cross_entropy_plus_kl_at_temperature_t(ce_mode):
     y = [2, 3, 3]  # LwF trains on new data only
     lwf = learner(LwF, 4, T=2.0, lamb=0.7, ce=ce_mode)
-    lwf.net, lwf.teacher = logits_net(T_(STUDENT)), logits_net(T_(TEACHER))
-    loss, logs = lwf.loss(None, T_(y), CTX)
+    lwf.net, lwf.teacher = logits_net(tensor(STUDENT)), logits_net(tensor(TEACHER))
+    loss, logs = lwf.loss(None, tensor(y), CTX)
     if ce_mode == "local":  # softmax over the new classes' two outputs only, labels shifted by n_old
         ce = cross_entropy([r[2:] for r in STUDENT], [t - 2 for t in y])
     else:
@@ -97,16 +97,16 @@ def test_lwf_loss_is_new_class_cross_entropy_plus_kl_at_temperature_t(ce_mode):
 
 def test_lwf_first_phase_is_plain_cross_entropy():
     lwf = learner(LwF, 4)
-    lwf.net = logits_net(T_([r[:2] for r in STUDENT]))
-    loss, logs = lwf.loss(None, T_([0, 1, 1]), SimpleNamespace(n_old=0, n_new=2, n_seen=2))
+    lwf.net = logits_net(tensor([r[:2] for r in STUDENT]))
+    loss, logs = lwf.loss(None, tensor([0, 1, 1]), SimpleNamespace(n_old=0, n_new=2, n_seen=2))
     assert set(logs) == {"ce"} and loss.item() == pytest.approx(cross_entropy([r[:2] for r in STUDENT], [0, 1, 1]), rel=1e-6)
 
 
 def test_icarl_bce_targets_old_classes_with_the_old_models_sigmoid():
     y = [2, 0, 3]
     icarl = learner(ICaRL, 4)
-    icarl.net, icarl.teacher = logits_net(T_(STUDENT)), logits_net(T_(TEACHER))
-    loss, _ = icarl.loss(None, T_(y), CTX)
+    icarl.net, icarl.teacher = logits_net(tensor(STUDENT)), logits_net(tensor(TEACHER))
+    loss, _ = icarl.loss(None, tensor(y), CTX)
     total = 0.0
     for z, old, label in zip(STUDENT, TEACHER, y):
         targets = [sigmoid(old[0]), sigmoid(old[1])] + [1.0 if label == c else 0.0 for c in (2, 3)]
@@ -118,14 +118,14 @@ def test_icarl_bce_targets_old_classes_with_the_old_models_sigmoid():
 def test_icarl_ce_kd_scales_the_kl_by_t_squared_as_the_lucir_and_aanets_code():
     y = [2, 0, 3]
     icarl = learner(ICaRL, 4, loss="ce_kd", T=2.0, beta=0.25)
-    icarl.net, icarl.teacher = logits_net(T_(STUDENT)), logits_net(T_(TEACHER))
-    loss, logs = icarl.loss(None, T_(y), CTX)
+    icarl.net, icarl.teacher = logits_net(tensor(STUDENT)), logits_net(tensor(TEACHER))
+    loss, logs = icarl.loss(None, tensor(y), CTX)
     by_hand = cross_entropy(STUDENT, y) + 0.25 * 4.0 * kl_batchmean([r[:2] for r in STUDENT], TEACHER, T=2.0)
     assert loss.item() == pytest.approx(by_hand, rel=1e-6)
     # the official line: KLDivLoss()(log_softmax(out[:, :n_old]/T), softmax(ref/T)) * T * T * beta * n_old + CE
-    s, t, T, n_old = T_(STUDENT), T_(TEACHER), 2.0, 2
+    s, t, T, n_old = tensor(STUDENT), tensor(TEACHER), 2.0, 2
     official = nn.KLDivLoss()(torch.log_softmax(s[:, :n_old] / T, dim=1), torch.softmax(t / T, dim=1)) * T * T * 0.25 * n_old
-    official = official + nn.CrossEntropyLoss()(s, T_(y))
+    official = official + nn.CrossEntropyLoss()(s, tensor(y))
     assert loss.item() == pytest.approx(float(official), rel=1e-6)
 
 
@@ -137,8 +137,8 @@ NEW_W = [[-1.0, 0.2], [0.6, 0.8], [0.8, -0.6]]  # 3 new classes
 
 def lucir_with_weights(sigma, **params):
     lucir = learner(LUCIR, 2, **params)
-    lucir.net.head.expand(2, T_(OLD_W))
-    lucir.net.head.expand(3, T_(NEW_W))
+    lucir.net.head.expand(2, tensor(OLD_W))
+    lucir.net.head.expand(3, tensor(NEW_W))
     with torch.no_grad():
         lucir.net.head.sigma.fill_(sigma)
     return lucir
@@ -146,13 +146,13 @@ def lucir_with_weights(sigma, **params):
 
 def test_cosine_head_is_sigma_times_cosine():
     head = CosineHead(2)
-    head.expand(2, T_(OLD_W))
-    head.expand(3, T_(NEW_W))
+    head.expand(2, tensor(OLD_W))
+    head.expand(3, tensor(NEW_W))
     with torch.no_grad():
         head.sigma.fill_(3.5)
     feats = [[0.3, -1.2], [2.0, 0.5]]
     expected = [[3.5 * cos(f, w) for w in OLD_W + NEW_W] for f in feats]
-    assert torch.allclose(head(T_(feats)), T_(expected), atol=1e-6)
+    assert torch.allclose(head(tensor(feats)), tensor(expected), atol=1e-6)
 
 
 def test_lucir_loss_cross_entropy_adaptive_less_forget_and_margin_ranking_by_hand():
@@ -161,9 +161,9 @@ def test_lucir_loss_cross_entropy_adaptive_less_forget_and_margin_ranking_by_han
     feats = [[0.9, 0.1], [0.1, 1.0], [0.7, 0.7], [-0.5, 0.4]]
     old_feats = [[1.0, 0.0], [0.4, 1.0], [0.2, 0.9], [-0.5, -0.1]]
     y = [0, 1, 3, 1]  # three old-class samples, one new-class sample (no ranking term for it)
-    lucir.teacher = SimpleNamespace(backbone=lambda x: (T_(old_feats), None))
+    lucir.teacher = SimpleNamespace(backbone=lambda x: (tensor(old_feats), None))
     ctx = SimpleNamespace(n_old=2, n_new=3, n_seen=5)
-    loss, logs = lucir.loss(T_(feats), T_(y), ctx)
+    loss, logs = lucir.loss(tensor(feats), tensor(y), ctx)
 
     weights = OLD_W + NEW_W
     cosines = [[cos(f, w) for w in weights] for f in feats]
@@ -183,7 +183,7 @@ def test_lucir_loss_cross_entropy_adaptive_less_forget_and_margin_ranking_by_han
     assert logs["mr"] == pytest.approx(mr, rel=1e-6)
     assert loss.item() == pytest.approx(ce + lf + mr, rel=1e-6)
     # the official less-forget line: CosineEmbeddingLoss()(cur, ref, ones) * lamda
-    official_lf = nn.CosineEmbeddingLoss()(T_(feats), T_(old_feats), torch.ones(4)) * lamda
+    official_lf = nn.CosineEmbeddingLoss()(tensor(feats), tensor(old_feats), torch.ones(4)) * lamda
     assert logs["lf"] == pytest.approx(float(official_lf), rel=1e-6)
 
 
@@ -194,7 +194,7 @@ def imprint_context(class_features: dict[int, list[list[float]]]):
         feats += rows
         owner += [c] * len(rows)
     owner = np.array(owner)
-    table = torch.nn.functional.normalize(T_(feats), dim=1)
+    table = torch.nn.functional.normalize(tensor(feats), dim=1)
     ctx = SimpleNamespace(phase=1, new_labels=range(min(class_features), max(class_features) + 1),
                           scenario=SimpleNamespace(class_indices=lambda c: np.flatnonzero(owner == c)),
                           generator=lambda *tags: torch.Generator().manual_seed(0))
@@ -203,7 +203,7 @@ def imprint_context(class_features: dict[int, list[list[float]]]):
 
 def test_lucir_imprints_the_normalised_mean_scaled_to_the_old_weights_mean_norm():
     lucir = learner(LUCIR, 2)
-    lucir.net.head.expand(2, T_(OLD_W))  # norms 1 and 2
+    lucir.net.head.expand(2, tensor(OLD_W))  # norms 1 and 2
     rows = {2: [[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]], 3: [[-1.0, 1.0], [-2.0, 0.5]]}
     ctx, extract = imprint_context(rows)
     lucir.extract = extract
@@ -218,7 +218,7 @@ def test_lucir_imprints_the_normalised_mean_scaled_to_the_old_weights_mean_norm(
 def test_lsc_softmax_weights_each_classs_proxy_similarities():
     head = LSCHead(2, proxies=2)
     proxies = [[1.0, 0.0], [0.0, 3.0], [-1.0, -1.0], [0.5, -2.0]]  # class 0: rows 0-1, class 1: rows 2-3
-    head.expand(2, T_(proxies))
+    head.expand(2, tensor(proxies))
     with torch.no_grad():
         head.scale.fill_(2.5)
     feats = [[0.3, 0.8], [-2.0, 0.4]]
@@ -229,7 +229,7 @@ def test_lsc_softmax_weights_each_classs_proxy_similarities():
             sims = [-sum((a - b) ** 2 for a, b in zip(unit(f), unit(w))) for w in proxies[2 * c : 2 * c + 2]]
             row.append(2.5 * sum(a * s for a, s in zip(softmax(sims), sims)))
         expected.append(row)
-    assert torch.allclose(head(T_(feats)), T_(expected), atol=1e-6)
+    assert torch.allclose(head(tensor(feats)), tensor(expected), atol=1e-6)
 
 
 def test_podnet_pod_flat_is_one_minus_cosine_times_the_scheduled_factor():
@@ -238,16 +238,16 @@ def test_podnet_pod_flat_is_one_minus_cosine_times_the_scheduled_factor():
     podnet.net.head.expand(2)
     feats = [[0.9, 0.1], [0.1, 1.0], [-0.7, 0.7]]
     old_feats = [[1.0, 0.0], [0.4, 1.0], [0.2, 0.9]]
-    maps = [T_(feats)[:, :, None, None]]
-    podnet.teacher = SimpleNamespace(backbone=lambda x: (T_(old_feats), maps))
-    _, logs = podnet.loss(T_(feats), T_([0, 3, 4]), SimpleNamespace(n_old=3, n_new=2, n_seen=5))
+    maps = [tensor(feats)[:, :, None, None]]
+    podnet.teacher = SimpleNamespace(backbone=lambda x: (tensor(old_feats), maps))
+    _, logs = podnet.loss(tensor(feats), tensor([0, 3, 4]), SimpleNamespace(n_old=3, n_new=2, n_seen=5))
     factor = 1.5 * math.sqrt(5 / 2)  # scheduled_factor * sqrt(n_seen / n_new)
     assert logs["pod_flat"] == pytest.approx(factor * sum(1 - cos(f, g) for f, g in zip(feats, old_feats)) / 3, rel=1e-6)
 
 
 def test_podnet_imprints_kmeans_centres_scaled_to_the_old_proxies_mean_norm():
     podnet = learner(PODNet, 3, proxies=3, kmeans_iterations=20)
-    podnet.net.head.expand(1, T_([[2.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 3.0]]))  # mean norm 3
+    podnet.net.head.expand(1, tensor([[2.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 3.0]]))  # mean norm 3
     g = np.random.default_rng(0)
     directions = np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3], [0.2, 0.0, 1.0]])
     points = np.concatenate([d + 0.02 * g.standard_normal((8, 3)) for d in directions])

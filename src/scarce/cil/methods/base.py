@@ -230,7 +230,7 @@ def balanced_head_finetune(learner: Learner, ctx: PhaseContext, params: list[nn.
     idx = ctx.memory.indices()
     if epochs <= 0 or len(idx) == 0:
         return
-    y_all = ctx.targets(idx)
+    labels = ctx.targets(idx)
     cached = None if augment else learner.extract(ctx, idx, normalize=False)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, sorted(milestones), gamma=gamma)
@@ -248,7 +248,7 @@ def balanced_head_finetune(learner: Learner, ctx: PhaseContext, params: list[nn.
                         feats = learner.net.backbone(x)[0]
                 else:
                     feats = cached[b]
-                loss = loss_fn(feats, y_all[b])
+                loss = loss_fn(feats, labels[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
