@@ -65,7 +65,8 @@ def test_cifar_fixture_trains_with_resnet32(tmp_path):
     root = write_cifar100(tmp_path / "c", per_class_train=6, per_class_test=2)
     cfg = tiny_config("lucir", "data.name=cifar100", f"data.root={root}", "data.subset=null",
                       "protocol.class_order=seed1993", "protocol.class_order=[68,56,78,8]", "protocol.n_base=2",
-                      "protocol.n_phases=1", "protocol.memory.size=2", "method.balanced_finetune_epochs=1")
+                      "protocol.n_phases=1", "protocol.memory.size=2", "method.balanced_finetune=true",
+                      "method.balanced_finetune_epochs=1")  # the finetuning's crop+flip path
     result = run(cfg, tmp_path / "run", progress=False)
     assert len(result.matrices["cnn"].per_task) == 2
     assert result.metrics["dataset"] == "cifar100"

@@ -22,7 +22,7 @@ def test_nme_classifies_by_nearest_normalised_class_mean():
 
 def test_distillation_losses_vanish_when_teacher_equals_student():
     z = torch.randn(5, 4)
-    assert kd_loss(z, z, 2.0).abs() < 1e-6
+    assert kd_loss(z, z, 2.0, t_squared=True).abs() < 1e-6
     maps = [torch.randn(3, 4, 6, 6), torch.randn(3, 8, 3, 3)]
     assert pod_spatial_loss(maps, maps).abs() < 1e-6
     assert pod_spatial_loss(maps, [m * 2 for m in maps]).abs() < 1e-5  # normalised: scale-invariant
@@ -81,7 +81,8 @@ def test_kmeans_finds_separated_clusters():
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_the_tiny_protocol(method, tmp_path):
-    extra = ["method.balanced_finetune_epochs=2"] if method in ("lucir", "podnet") else []
+    extra = {"lucir": ["method.balanced_finetune=true", "method.balanced_finetune_epochs=2"],
+             "podnet": ["method.balanced_finetune_epochs=2"]}.get(method, [])
     result = run(tiny_config(method, *extra), tmp_path, progress=False)
     heads = set(result.matrices)
     assert heads == ({"cnn", "nme"} if method in ("icarl", "lucir", "podnet") else {"cnn"})
@@ -102,10 +103,37 @@ def test_lucir_freezes_old_class_weights_during_an_incremental_phase(tmp_path):
 
     def grab(trainer, phase, epoch, step):
         if phase == 1:
-            snapshots.setdefault("first", trainer.learner.net.head.blocks[0].detach().clone())
-            snapshots["last"] = trainer.learner.net.head.blocks[0].detach().clone()
-            snapshots["new"] = trainer.learner.net.head.blocks[1].detach().clone()
+            blocks = trainer.learner.net.head.blocks
+            snapshots.setdefault("old_first", blocks[0].detach().clone())
+            snapshots.setdefault("new_first", blocks[1].detach().clone())
+            snapshots["old_last"] = blocks[0].detach().clone()
+            snapshots["new_last"] = blocks[1].detach().clone()
 
-    cfg = tiny_config("lucir", "protocol.n_phases=1", "protocol.class_order=[0,1,2,3]", "method.balanced_finetune_epochs=0")
+    # phase 1: 60 new images + 10 exemplars in batches of 16 = 5 steps
+    cfg = tiny_config("lucir", "protocol.n_phases=1", "protocol.class_order=[0,1,2,3]")
     Trainer(cfg, tmp_path, progress=False, callbacks=[grab]).run()
-    assert torch.equal(snapshots["first"], snapshots["last"])
+    assert torch.equal(snapshots["old_first"], snapshots["old_last"])  # frozen
+    assert not torch.equal(snapshots["new_first"], snapshots["new_last"])  # trained in the same steps
+
+
+def final_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["learner"]["net"]
+
+
+@pytest.mark.parametrize("cbf", [False, True])
+def test_lucir_class_balanced_finetuning_is_opt_in_and_trains_only_the_class_weights(cbf, tmp_path):
+    from scarce.cil.trainer import Trainer
+
+    last_step = {}
+
+    def grab(trainer, phase, epoch, step):
+        if phase == 1:
+            last_step.update({k: v.detach().clone() for k, v in trainer.learner.net.state_dict().items()})
+
+    extra = ("method.balanced_finetune=true", "method.balanced_finetune_epochs=3") if cbf else ()
+    cfg = tiny_config("lucir", "protocol.n_phases=1", "protocol.class_order=[0,1,2,3]", *extra)
+    Trainer(cfg, tmp_path, progress=False, callbacks=[grab]).run()
+    final = final_state(tmp_path)
+    changed = {k for k in final if not torch.equal(final[k], last_step[k])}
+    # LUCIR's cbf script (--ft_flag 2): old and new class weights train; backbone, batch norm and sigma do not
+    assert changed == ({"head.blocks.0", "head.blocks.1"} if cbf else set())

@@ -48,3 +48,33 @@ def test_malformed_matrices_are_rejected():
     with pytest.raises(ValueError, match="rows"):
         AccuracyMatrix([[1.0], [1.0, 2.0], [1, 2, 3]], [1, 1])
     assert AccuracyMatrix.from_dict(M.to_dict()).per_task == A
+
+
+def _phase_ticks(figure):
+    """The x-axis tick positions inside the plotted range."""
+    axes = figure.axes[0]
+    lo, hi = axes.get_xlim()
+    return [float(t) for t in axes.get_xticks() if lo <= t <= hi]
+
+
+def test_report_phase_axes_have_whole_number_ticks(tmp_path, monkeypatch):
+    from scarce.cil.protocol import Protocol
+    from scarce.cil.report import write_compare_report, write_run_report
+    from scarce.report.html import HtmlReport
+
+    figures = []
+    plot = HtmlReport.line_plot
+
+    def record(self, *args, **kwargs):
+        figures.append(plot(self, *args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(HtmlReport, "line_plot", record)
+    metrics = {"method": "icarl", "dataset": "d", "data_source": "s", "seed": 0, "primary_head": "cnn",
+               "wall_time_s": 1.0, "heads": {"cnn": compute_metrics(M)}}
+    protocol = Protocol.build(6, n_base=2, n_phases=2)
+    write_run_report(tmp_path, metrics, {"cnn": M}, protocol)
+    write_compare_report(tmp_path / "compare.html", "t", [{"method": "icarl"}], {"icarl": [90.0, 90.0, 61.25]})
+    assert len(figures) == 3  # accuracy, old/new, comparison: 3 phases each (0, 1, 2)
+    for figure in figures:
+        assert _phase_ticks(figure) == [0.0, 1.0, 2.0]  # matplotlib's default puts ticks every 0.25

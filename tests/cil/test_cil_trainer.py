@@ -22,15 +22,20 @@ def kill_after(n_steps):
     return callback
 
 
-@pytest.mark.parametrize("method, kill_at", [("icarl", 10), ("podnet", 5)])
-def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, tmp_path):
-    # 2 epochs per phase, checkpoints every 3 steps: the kill lands mid-phase, between two checkpoints
-    extra = ("train.epochs=2", "method.balanced_finetune_epochs=2") if method == "podnet" else ("train.epochs=2",)
-    cfg = tiny_config(method, *extra)
+@pytest.mark.parametrize("method, kill_at, extra", [
+    ("icarl", 10, ()),
+    ("podnet", 5, ("method.balanced_finetune_epochs=2",)),
+    ("lucir", 10, ("method.balanced_finetune=true", "method.balanced_finetune_epochs=2",
+                   "method.balanced_finetune_milestones=[1]")),
+])
+def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, extra, tmp_path):
+    # 2 epochs per phase, checkpoints every 3 steps: the kill lands mid-phase, between two checkpoints.
+    # Checkpoints load with weights_only=True (tensors and plain types only).
+    cfg = tiny_config(method, "train.epochs=2", *extra)
     full = run(cfg, tmp_path / "full", progress=False)
     with pytest.raises(Kill):
         Trainer(cfg, tmp_path / "killed", progress=False, callbacks=[kill_after(kill_at)]).run()
-    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
     assert state["stage"] == "train" and state["global_step"] < kill_at
     resumed = run(cfg, tmp_path / "killed", resume=True, progress=False)
     for head in full.matrices:
@@ -38,8 +43,8 @@ def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, tmp
     a = json.loads((tmp_path / "full" / "acc_matrix.json").read_text())
     b = json.loads((tmp_path / "killed" / "acc_matrix.json").read_text())
     assert a == b
-    final_a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)["learner"]["net"]
-    final_b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)["learner"]["net"]
+    final_a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["learner"]["net"]
+    final_b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)["learner"]["net"]
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
 
@@ -87,7 +92,7 @@ def test_nan_loss_names_phase_epoch_step_and_keeps_the_checkpoint(tmp_path, monk
     with pytest.raises(TrainingError, match=r"non-finite loss .* in phase 1, epoch 0, step 2 of method finetune") as err:
         trainer.run()
     assert "last.pt" in str(err.value)
-    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert (state["phase"], state["stage"], state["epoch"], state["step"], state["global_step"]) == (1, "train", 0, 2, 6)
     assert all(torch.isfinite(v).all() for v in state["learner"]["net"].values() if v.is_floating_point())
 
@@ -98,3 +103,17 @@ def test_same_seed_same_matrix_different_seed_different(tmp_path):
     c = run(tiny_config("icarl", "seed=4"), tmp_path / "c", progress=False)
     assert a.matrices["nme"].per_task == b.matrices["nme"].per_task
     assert a.matrices["cnn"].per_task != c.matrices["cnn"].per_task
+
+
+def test_a_checkpoint_holding_other_objects_is_refused_not_unpickled(tmp_path):
+    import numpy as np
+
+    from scarce.io import save_torch
+
+    run(tiny_config("finetune"), tmp_path, progress=False)
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["rng"]["numpy"] = np.random.get_state()  # format 1 stored numpy's state as numpy objects
+    save_torch(path, state)
+    with pytest.raises(TrainingError, match=r"last.pt: cannot read checkpoint \(UnpicklingError: .*start the run again"):
+        run(tiny_config("finetune"), tmp_path, resume=True, progress=False)

@@ -149,6 +149,11 @@ class _BlockHead(nn.Module):
     def weight(self) -> torch.Tensor:
         return torch.cat(list(self.blocks), dim=0)
 
+    @torch.no_grad()
+    def mean_weight_norm(self) -> torch.Tensor:
+        """Mean L2 norm of the existing weight rows: LUCIR and PODNet scale imprinted weights to it."""
+        return self.weight().norm(dim=1).mean()
+
 
 class LinearHead(_BlockHead):
     def __init__(self, dim: int) -> None:

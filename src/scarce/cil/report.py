@@ -32,12 +32,12 @@ def write_run_report(run_dir: Path, metrics: dict[str, Any], mats: dict[str, Acc
         for h, m in metrics["heads"].items()
     ], caption="percent; wall time {:.1f} s".format(metrics["wall_time_s"]), float_format="{:.2f}")
     rep.line_plot(phases, {h: m["seen_accuracy"] for h, m in metrics["heads"].items()},
-                  "phase", "accuracy on all seen classes (%)", title="Accuracy versus phase")
+                  "phase", "accuracy on all seen classes (%)", title="Accuracy versus phase", integer_x=True)
     series = {}
     for h, m in metrics["heads"].items():
         series[f"{h} old"] = [_num(v) for v in m["old_accuracy"]]
         series[f"{h} new"] = [_num(v) for v in m["new_accuracy"]]
-    rep.line_plot(phases, series, "phase", "accuracy (%)", title="Old-class and new-class accuracy")
+    rep.line_plot(phases, series, "phase", "accuracy (%)", title="Old-class and new-class accuracy", integer_x=True)
     for h, mat in mats.items():
         rows = []
         for p, row in enumerate(mat.per_task):
@@ -61,5 +61,6 @@ def write_compare_report(path: Path, title: str, rows: list[dict[str, Any]], cur
     rep.table(rows, caption="mean ± std over seeds (percent); primary head per method", float_format="{:.2f}")
     n = max(len(v) for v in curves.values())
     rep.line_plot(list(range(n)), {k: v + [math.nan] * (n - len(v)) for k, v in curves.items()},
-                  "phase", "accuracy on all seen classes (%)", title="Accuracy versus phase (mean over seeds)")
+                  "phase", "accuracy on all seen classes (%)", title="Accuracy versus phase (mean over seeds)",
+                  integer_x=True)
     rep.save(path)

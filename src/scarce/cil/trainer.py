@@ -10,6 +10,8 @@ deterministic kernels are switched on).
 Checkpoints (``RUN/checkpoints/last.pt``, written atomically) hold the learner (model, teacher, class means),
 optimiser, scheduler, RNG states, memory and the accuracy rows so far. One is written every
 ``train.checkpoint_every`` optimiser steps and at the end of every phase (kept as ``phase_K.pt`` too).
+They hold only tensors and plain Python types and are read with ``torch.load(weights_only=True)``, which
+cannot run code stored in a file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from scarce.errors import ConfigError, TrainingError
 from scarce.io import read_json, save_torch, write_json, write_text
 from scarce.provenance import environment
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: plain types only (numpy's RNG state as a tensor), loaded with weights_only=True
 StepCallback = Callable[["Trainer", int, int, int], None]  # (trainer, phase, epoch, step) after each step
 
 
@@ -148,7 +150,7 @@ class Trainer:
         return PhaseContext(
             phase=phase, protocol=self.protocol, scenario=self.scenario, memory=self.memory, device=self.device,
             flips=self.pre.flips, load=load, generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
-            batch_size=self.cfg.train.batch_size,
+            batch_size=self.cfg.train.batch_size, weight_decay=self.cfg.train.weight_decay,
         )
 
     def _optimizer(self, ctx: PhaseContext) -> tuple[torch.optim.Optimizer, Any, int]:
@@ -178,7 +180,7 @@ class Trainer:
             "learner": self.learner.state_dict(),
             "optimizer": None if opt is None else opt.state_dict(),
             "scheduler": None if sched is None else sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
             "memory": self.memory.state_dict(),
             "rows": self.rows,
             "train_time": self.train_time + (time.perf_counter() - self._t0),
@@ -192,9 +194,13 @@ class Trainer:
         if not path.is_file():
             raise ConfigError(f"{path}: no checkpoint to resume from (run without --resume to start)")
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise TrainingError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise TrainingError(
+                f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {first_line}); checkpoints written before "
+                f"format {CHECKPOINT_VERSION} hold objects that are not loaded safely: start the run again"
+            ) from None
         if state.get("version") != CHECKPOINT_VERSION:
             raise TrainingError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         if state["config"] != to_dict(self.cfg):
@@ -205,8 +211,8 @@ class Trainer:
         self.rows = state["rows"]
         self.train_time = state["train_time"]
         self.global_step = state["global_step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        _set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         return state
 
@@ -353,6 +359,18 @@ class Trainer:
             from scarce.cil.report import write_run_report
 
             write_run_report(self.run_dir, metrics, {h: m for h, m in mats.items()}, self.protocol)
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state in plain types, so that checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    np.random.set_state((state["name"], state["keys"].cpu().numpy().astype(np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
 
 
 def _progress(**kwargs: Any):

@@ -11,12 +11,15 @@ import html
 import io as _io
 import math
 import numbers
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
 
 from scarce.io import PathLike, write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _STYLE = """
@@ -121,13 +124,16 @@ class HtmlReport:
         ylabel: str,
         title: str | None = None,
         markers: dict[str, tuple[float, float]] | None = None,
-    ) -> None:
+        integer_x: bool = False,
+    ) -> Figure:
         """Curves sharing one x axis, drawn with matplotlib's Agg canvas (no pyplot state, no display).
 
-        ``markers`` are labelled points such as the chosen threshold on an mIoU curve.
+        ``markers`` are labelled points such as the chosen threshold on an mIoU curve; ``integer_x`` puts
+        ticks on whole numbers only (phases, epochs). Returns the figure, for callers that inspect it.
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         if not series:
             raise ValueError("a line plot needs at least one series")
@@ -144,6 +150,8 @@ class HtmlReport:
             axes.annotate(label, (mx, my), textcoords="offset points", xytext=(6, 6))
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
+        if integer_x:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title is not None:
             axes.set_title(title)
         axes.grid(alpha=0.3)
@@ -152,6 +160,7 @@ class HtmlReport:
         buffer = _io.BytesIO()
         figure.savefig(buffer, format="png", metadata={"Software": None})
         self._blocks.append(_figure(buffer.getvalue(), title, None))
+        return figure
 
     def gallery(
         self, rows: list[list[tuple[str, np.ndarray]]], caption: str | None = None, width: int | None = None

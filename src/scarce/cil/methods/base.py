@@ -42,6 +42,7 @@ class PhaseContext:
     load: Callable[[np.ndarray, torch.Generator | None], torch.Tensor]  # train images → normalised batch on device
     generator: Callable[..., torch.Generator]  # generator("tag", ...) seeded from (run seed, phase, tags)
     batch_size: int = 128
+    weight_decay: float = 0.0  # the run's train.weight_decay (LUCIR's class-balanced finetuning uses it too)
 
     @property
     def n_seen(self) -> int:
@@ -76,9 +77,14 @@ def frozen_copy(net: nn.Module) -> nn.Module:
     return teacher
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
-    """KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch (Li & Hoiem; no T² factor)."""
-    return F.kl_div(F.log_softmax(student / T, dim=1), F.softmax(teacher / T, dim=1), reduction="batchmean")
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float, *, t_squared: bool) -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)), summed over classes and averaged over the batch.
+
+    ``t_squared`` multiplies it by T² (Hinton et al.), as the iCaRL baseline of the LUCIR and AANets code does
+    (``KLDivLoss()(...) * T * T * beta * num_old_classes``: its element-wise mean times the number of old
+    classes is this batch mean). Li & Hoiem's LwF has no T² factor. Each caller says which it follows."""
+    kl = F.kl_div(F.log_softmax(student / T, dim=1), F.softmax(teacher / T, dim=1), reduction="batchmean")
+    return kl * (T * T) if t_squared else kl
 
 
 class Learner:
@@ -211,24 +217,41 @@ def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tenso
     return -torch.cdist(f, class_means).pow(2)
 
 
-def balanced_head_finetune(learner: Learner, ctx: PhaseContext, epochs: int, lr: float,
-                           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Class-balanced finetuning of the head only, on the exemplar memory (which holds the same number of
-    images for every seen class once it is updated). Backbone features are computed once, in eval mode
-    without augmentation; SGD (momentum 0.9, no weight decay) over ``epochs`` passes."""
+def balanced_head_finetune(learner: Learner, ctx: PhaseContext, params: list[nn.Parameter], epochs: int, lr: float,
+                           loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, augment: bool = False,
+                           weight_decay: float = 0.0, milestones: Iterable[int] = (), gamma: float = 0.1) -> None:
+    """Class-balanced finetuning of classifier parameters ``params`` on the exemplar memory (the same number of
+    images for every seen class once it is updated); the backbone is frozen, batch norm in eval mode.
+
+    ``loss_fn(features, labels)`` sees backbone features computed without gradient. ``augment=False``
+    computes them once, without augmentation (seconds); ``augment=True`` recomputes them on every batch of
+    augmented images, as a training loop over the memory does. SGD (momentum 0.9, ``weight_decay``) over
+    ``epochs`` passes, the learning rate multiplied by ``gamma`` at each epoch in ``milestones``."""
     idx = ctx.memory.indices()
     if epochs <= 0 or len(idx) == 0:
         return
-    feats = learner.extract(ctx, idx, normalize=False)
-    y = ctx.targets(idx)
-    params = list(learner.net.head.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    labels = ctx.targets(idx)
+    cached = None if augment else learner.extract(ctx, idx, normalize=False)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, sorted(milestones), gamma=gamma)
     gen = ctx.generator("balanced-finetune")
-    for _ in range(epochs):
-        perm = torch.randperm(len(idx), generator=gen).to(ctx.device)
-        for start in range(0, len(idx), ctx.batch_size):
-            b = perm[start : start + ctx.batch_size]
-            loss = loss_fn(feats[b], y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    was_training = learner.net.training
+    learner.net.eval()
+    try:
+        for epoch in range(epochs):
+            perm = torch.randperm(len(idx), generator=gen).to(ctx.device)
+            for start in range(0, len(idx), ctx.batch_size):
+                b = perm[start : start + ctx.batch_size]
+                if cached is None:
+                    with torch.no_grad():
+                        x = ctx.load(idx[b.cpu().numpy()], ctx.generator("balanced-finetune", epoch, start))
+                        feats = learner.net.backbone(x)[0]
+                else:
+                    feats = cached[b]
+                loss = loss_fn(feats, labels[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+    finally:
+        learner.net.train(was_training)

@@ -13,7 +13,7 @@ from scarce.errors import ConfigError
 
 @dataclass
 class ICaRLParams:
-    loss: str = "bce"  # bce: the paper's sigmoid BCE with the old model's outputs as targets; ce_kd: CE + beta*KD
+    loss: str = "bce"  # bce: the paper's sigmoid BCE with the old model's outputs as targets; ce_kd: CE + beta*T²*KD
     T: float = 2.0  # ce_kd only (LUCIR/AANets codebase: icarl_T = 2)
     beta: float = 0.25  # ce_kd only (icarl_beta = 0.25)
 
@@ -24,8 +24,11 @@ class ICaRLParams:
 
 class ICaRL(Learner):
     """Trains on new data plus exemplars. ``bce``: binary cross-entropy on every seen class, the targets of
-    the old classes being the old model's sigmoid outputs (the paper). Evaluated with the nearest mean of
-    exemplars (``nme``, the paper's classifier) and the trained head (``cnn``)."""
+    the old classes being the old model's sigmoid outputs (the paper), averaged over samples and classes.
+    ``ce_kd``: the iCaRL baseline of the LUCIR/AANets code, cross-entropy over all seen classes plus
+    ``beta * T² * KL`` between the old model's and the current model's old-class outputs at temperature T
+    (batch mean). Evaluated with the nearest mean of exemplars (``nme``, the paper's classifier) and the
+    trained head (``cnn``)."""
 
     name = "icarl"
     Params = ICaRLParams
@@ -48,5 +51,5 @@ class ICaRL(Learner):
         ce = F.cross_entropy(logits, y)
         if old is None:
             return ce, {"ce": ce.item()}
-        kd = kd_loss(logits[:, : ctx.n_old], old, self.params.T)
+        kd = kd_loss(logits[:, : ctx.n_old], old, self.params.T, t_squared=True)
         return ce + self.params.beta * kd, {"ce": ce.item(), "kd": kd.item()}

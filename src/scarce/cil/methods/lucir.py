@@ -1,15 +1,24 @@
 """LUCIR (Hou et al. 2019): cosine classifier, less-forget constraint with the adaptive weight, margin
-ranking loss on hard new-class negatives, class-balanced finetuning.
+ranking loss on hard new-class negatives; class-balanced finetuning as an option.
 
 Defaults follow the CIFAR-100 settings of the LUCIR code (``--lamda 5 --adapt_lamda --mr_loss --dist 0.5
 --K 2 --lw_mr 1``): old-class weights are frozen during an incremental phase and the new-class weights are
-imprinted with the normalised mean feature of each new class.
+imprinted with the normalised mean of each new class's normalised features, scaled to the mean norm of the
+old-class weights (``--imprint_weights``).
+
+Class-balanced finetuning is off by default, as in LUCIR: it exists only in the code's ImageNet script
+``cbf_class_incremental_cosine_imagenet.py`` (``--cb_finetune``). ``balanced_finetune: true`` runs that
+script's default (``--ft_flag 2``) after each incremental phase: every class weight (old and new, not σ)
+is trained on the exemplar memory with the backbone frozen and batch norm in eval mode, the run's
+augmentation, weight decay and batch size, SGD (momentum 0.9) at lr 0.01 for 20 epochs, divided by 10 at
+epoch 10, with the phase's losses: cross-entropy plus margin ranking (the less-forget term compares backbone
+features only, which are frozen here, so it is a constant and is left out).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +33,10 @@ class LUCIRParams:
     margin: float = 0.5  # margin of the ranking loss (``dist``)
     lw_mr: float = 1.0  # weight of the margin ranking loss
     imprint: bool = True  # initialise new-class weights from the class feature means
-    balanced_finetune_epochs: int = 20  # class-balanced finetuning of the classifier after each incremental phase (0: off)
-    balanced_finetune_lr: float = 0.01
+    balanced_finetune: bool = False  # class-balanced finetuning after each incremental phase (--cb_finetune)
+    balanced_finetune_epochs: int = 20  # --ft_epochs
+    balanced_finetune_lr: float = 0.01  # --ft_base_lr
+    balanced_finetune_milestones: list[int] = field(default_factory=lambda: [10])  # --ft_lr_strat (lr × 0.1)
 
 
 class LUCIR(Learner):
@@ -41,7 +52,11 @@ class LUCIR(Learner):
     def init_new_weights(self, ctx: PhaseContext) -> torch.Tensor | None:
         if ctx.phase == 0 or not self.params.imprint:
             return None
-        return torch.stack([self.extract(ctx, ctx.scenario.class_indices(c)).mean(0) for c in ctx.new_labels])
+        scale = self.net.head.mean_weight_norm()
+        return torch.stack([
+            F.normalize(self.extract(ctx, ctx.scenario.class_indices(c)).mean(0), dim=0) * scale
+            for c in ctx.new_labels
+        ])
 
     def loss(self, x, y, ctx):
         out = self.net(x)
@@ -68,7 +83,11 @@ class LUCIR(Learner):
         return F.margin_ranking_loss(gt.reshape(-1), hard.reshape(-1), target.reshape(-1), margin=self.params.margin) * self.params.lw_mr
 
     def after_phase(self, ctx: PhaseContext) -> None:
-        if ctx.phase > 0:
-            balanced_head_finetune(self, ctx, self.params.balanced_finetune_epochs, self.params.balanced_finetune_lr,
-                                   lambda f, y: F.cross_entropy(self.net.head(f), y))
+        p = self.params
+        if ctx.phase > 0 and p.balanced_finetune:
+            balanced_head_finetune(
+                self, ctx, list(self.net.head.blocks), p.balanced_finetune_epochs, p.balanced_finetune_lr,
+                lambda f, y: F.cross_entropy(self.net.head(f), y) + self.margin_ranking(f, y, ctx),
+                augment=True, weight_decay=ctx.weight_decay, milestones=p.balanced_finetune_milestones,
+            )
         super().after_phase(ctx)

@@ -4,12 +4,16 @@ trained with the NCA loss, class-balanced finetuning, CNN and NME evaluation.
 Defaults from the paper and the CIFAR-100 configuration of the PODNet code: 10 proxies per class, NCA margin
 0.6, POD-spatial factor 3, POD-flat factor 1, both multiplied by sqrt(n_seen / n_new); old-class proxies
 frozen during an incremental phase (``groupwise_factors: old_weights: 0``); new-class proxies imprinted by
-k-means on the class's normalised features; class-balanced finetuning of the classifier for 20 epochs at
-learning rate 0.05.
+k-means on the class's normalised features, the centres scaled to the mean norm of the existing proxies
+(``add_imprinted_classes``); class-balanced finetuning of the proxies (not the scale: ``tuning: classifier``)
+for 20 epochs at learning rate 0.05.
+The finetuning departs from the code to take seconds: features of the memory are computed once, without
+augmentation, and no weight decay is applied (the code trains on augmented memory with weight decay 5e-4).
 
 The NCA loss follows the paper (margin on the true class only, positive excluded from the denominator,
-hinged at 0). The released code subtracts the margin from every similarity, where it cancels, and keeps the
-positive in the denominator; ``nca_margin: 0`` comes closest to that behaviour.
+hinged at 0). The released code subtracts the margin from every similarity (the per-class margin tensor it
+builds is unused), subtracts each row's maximum and leaves exp(0) = 1 in the positive's place in the
+denominator; ``nca_margin: 0`` comes closest to that behaviour.
 """
 
 from __future__ import annotations
@@ -56,10 +60,21 @@ def nca_loss(similarity: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, mar
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """Lloyd's k-means on rows of ``x`` (initialised on k distinct random rows; an empty cluster keeps its centre)."""
+    """Lloyd's k-means on rows of ``x``, seeded with k-means++ as scikit-learn's ``KMeans`` that the PODNet code
+    calls (each further seed drawn with probability proportional to its squared distance to the nearest seed
+    so far; random seeds alone often put two centres in one cluster). An empty cluster keeps its centre."""
     if len(x) < k:
         x = x.repeat((k + len(x) - 1) // len(x), 1)
-    centres = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+    chosen = [int(torch.randint(len(x), (1,), generator=generator))]
+    d2 = (x - x[chosen[0]]).pow(2).sum(1)
+    for _ in range(1, k):
+        weights = d2.cpu().double()
+        if weights.sum() > 0:
+            chosen.append(int(torch.multinomial(weights / weights.sum(), 1, generator=generator)))
+        else:  # every row coincides with a seed
+            chosen.append(int(torch.randint(len(x), (1,), generator=generator)))
+        d2 = torch.minimum(d2, (x - x[chosen[-1]]).pow(2).sum(1))
+    centres = x[chosen].clone()
     for _ in range(iterations):
         assign = torch.cdist(x, centres).argmin(dim=1)
         for j in range(k):
@@ -83,9 +98,10 @@ class PODNet(Learner):
         if ctx.phase == 0 or not self.params.imprint:
             return None
         gen = ctx.generator("imprint")
+        scale = self.net.head.mean_weight_norm()
         proxies = [
-            F.normalize(kmeans(self.extract(ctx, ctx.scenario.class_indices(c)), self.params.proxies,
-                               self.params.kmeans_iterations, gen), dim=1)
+            kmeans(self.extract(ctx, ctx.scenario.class_indices(c)), self.params.proxies, self.params.kmeans_iterations, gen)
+            * scale
             for c in ctx.new_labels
         ]
         return torch.cat(proxies)
@@ -108,6 +124,6 @@ class PODNet(Learner):
 
     def after_phase(self, ctx: PhaseContext) -> None:
         if ctx.phase > 0:
-            balanced_head_finetune(self, ctx, self.params.balanced_finetune_epochs, self.params.balanced_finetune_lr,
-                                   self._nca)
+            balanced_head_finetune(self, ctx, list(self.net.head.blocks), self.params.balanced_finetune_epochs,
+                                   self.params.balanced_finetune_lr, self._nca)
         super().after_phase(ctx)

@@ -78,5 +78,5 @@ class LwF(Learner):
             return ce, {"ce": ce.item()}
         with torch.no_grad():
             old = self.teacher(x)["logits"]
-        kd = kd_loss(logits[:, : ctx.n_old], old, self.params.T)
+        kd = kd_loss(logits[:, : ctx.n_old], old, self.params.T, t_squared=False)  # Li & Hoiem: no T²
         return ce + self.params.lamb * kd, {"ce": ce.item(), "kd": kd.item()}
