@@ -60,7 +60,7 @@ class SegmentTrainConfig(TrainConfig):
     momentum: float = 0.9
     poly_power: float = 0.9
     freeze_bn: bool = False
-    augment: AugmentConfig = field(default_factory=SegmentAugmentConfig)
+    augment: SegmentAugmentConfig = field(default_factory=SegmentAugmentConfig)
 
 
 @dataclass(frozen=True)
