@@ -7,7 +7,7 @@ epoch; a non-finite loss raises :class:`~scarce.errors.TrainingError` with the l
 
 Recipe (defaults of :class:`SegmentTrainConfig`), from DeepLab practice:
 
-- SGD, momentum 0.9, weight decay 1e-4 (torchvision's segmentation reference and DeepLab's ResNet setting;
+- SGD, momentum 0.9, weight decay 1e-4 (torchvision's segmentation reference ``references/segmentation``;
   VainF/DeepLabV3Plus-Pytorch defaults to 4e-5), poly learning rate with power 0.9 (DeepLabV3/V3+);
 - the encoder at 0.1× the decoder's rate (VainF/DeepLabV3Plus-Pytorch ``main.py``: backbone ``0.1 * lr``,
   classifier ``lr``; lr 0.01): here ``lr`` 0.001 for the encoder and ``head_lr_mult`` 10;
@@ -41,24 +41,19 @@ from scarce.training.transforms import AugmentConfig
 
 @dataclass(frozen=True)
 class SegmentAugmentConfig(AugmentConfig):
-    """DeepLab's augmentation: the classifier's, with the random scale widened to 0.5–2.0."""
+    """DeepLab's augmentation: the classifier's (128-px crop, flip), with the random scale widened to 0.5–2.0."""
 
-    crop_size: int = 128
     scale_range: tuple[float, float] = (0.5, 2.0)
-    hflip: bool = True
 
 
 @dataclass(frozen=True)
 class SegmentTrainConfig(TrainConfig):
-    """The classifier's training settings with DeepLab's defaults (see the module docstring)."""
+    """The classifier's training settings (SGD, momentum 0.9, weight decay 1e-4, poly 0.9, head at 10× the
+    backbone's rate) with DeepLab's where they differ (see the module docstring)."""
 
     epochs: int = 30
     batch_size: int = 8
     lr: float = 0.001  # the encoder's; the decoder and head get lr * head_lr_mult
-    head_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    poly_power: float = 0.9
     freeze_bn: bool = False
     augment: SegmentAugmentConfig = field(default_factory=SegmentAugmentConfig)
 
