@@ -108,11 +108,17 @@ def train_classifier(
     identity: dict | None = None,
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    pairs: Dataset | None = None,
+    drop_last: bool = False,
 ) -> TrainResult:
     """Train ``model`` (and ``objective``'s own modules) on ``dataset``; write ``model.pt`` in ``out_dir``.
 
     ``identity`` (e.g. the model config) is stored in checkpoints; resuming with a different one is refused.
     ``on_step(epoch, step)`` is called after each optimisation step (tests use it to simulate a kill).
+    ``pairs`` replaces the default (augmented image, label vector) items with other (input, target) items
+    of the same samples, e.g. (image, label map) for segmentation; it has an ``epoch`` attribute that seeds
+    its augmentation like :class:`AugmentedImages`. ``drop_last`` skips an epoch's last, incomplete batch
+    (a batch of one breaks BatchNorm on 1×1 maps, such as the image pooling of DeepLab's ASPP).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,11 @@ def train_classifier(
     if not dataset.samples:
         raise ScarceError(f"{dataset.root}: split {dataset.split!r} has no samples to train on")
 
-    steps_per_epoch = math.ceil(len(dataset.samples) / cfg.batch_size)
+    n = len(dataset.samples)
+    steps_per_epoch = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise ScarceError(f"{dataset.root}: split {dataset.split!r} has {n} samples, "
+                          f"fewer than one batch of {cfg.batch_size}; lower the batch size")
     total_steps = cfg.epochs * steps_per_epoch
     backbone_params, head_params = model.parameter_groups()
     head_params = head_params + list(objective.parameters())
@@ -147,7 +157,7 @@ def train_classifier(
         optimizer.load_state_dict(state["optimizer"])
         start_step, log_rows, carried = state["step"], state["log"], state["running"]
 
-    images = AugmentedImages(dataset, model.mean_std, cfg.augment, cfg.seed)
+    images = pairs if pairs is not None else AugmentedImages(dataset, model.mean_std, cfg.augment, cfg.seed)
     started = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress, leave=False)
 
@@ -162,7 +172,7 @@ def train_classifier(
         images.epoch = epoch
         order = epoch_order(cfg.seed, epoch, len(images))
         first = step - epoch * steps_per_epoch  # batches of this epoch already done before a resume
-        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][first:]
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][first:steps_per_epoch]
         loader = DataLoader(images, batch_sampler=batches, num_workers=cfg.num_workers)
         model.train()
         objective.train()

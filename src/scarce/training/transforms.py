@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scarce.io import IGNORE_INDEX
+
 
 def to_tensor(image: np.ndarray, mean_std: tuple[tuple[float, ...], tuple[float, ...]]) -> torch.Tensor:
     """uint8 HxWx3 → normalised float (3, H, W)."""
@@ -39,16 +41,32 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -
 
     Padding uses 0, which after normalisation is the dataset mean (as IRN pads normalised images).
     """
+    return augment_pair(image, None, cfg, rng)[0]
+
+
+def augment_pair(image: torch.Tensor, mask: torch.Tensor | None, cfg: AugmentConfig,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`augment` applied with one geometry to an image and its (H, W) label map.
+
+    The label map is resized by nearest neighbour (``nearest-exact``: the pixel centres bilinear resizing
+    uses) and padded with the ignore label, so padding never teaches "background". The random draws are
+    those of :func:`augment`, in the same order, whether or not a label map comes along.
+    """
     lo, hi = cfg.scale_range
     scale = float(rng.uniform(lo, hi))
     h, w = image.shape[1:]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    if mask is not None:
+        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].to(mask.dtype)
     if cfg.hflip and rng.random() < 0.5:
         image = image.flip(-1)
+        if mask is not None:
+            mask = mask.flip(-1)
     crop = cfg.crop_size
     h, w = image.shape[1:]
     out = image.new_zeros((3, crop, crop))
+    out_mask = None if mask is None else mask.new_full((crop, crop), IGNORE_INDEX)
     # Place a crop-sized window over the image (or the image inside the window when it is smaller).
     top = int(rng.integers(0, abs(h - crop) + 1))
     left = int(rng.integers(0, abs(w - crop) + 1))
@@ -56,4 +74,6 @@ def augment(image: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -
     src_l, dst_l = (left, 0) if w >= crop else (0, left)
     ch, cw = min(h, crop), min(w, crop)
     out[:, dst_t : dst_t + ch, dst_l : dst_l + cw] = image[:, src_t : src_t + ch, src_l : src_l + cw]
-    return out
+    if out_mask is not None:
+        out_mask[dst_t : dst_t + ch, dst_l : dst_l + cw] = mask[src_t : src_t + ch, src_l : src_l + cw]
+    return out, out_mask
