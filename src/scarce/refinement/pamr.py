@@ -9,7 +9,8 @@ as the official code computes it:
 
 - the centre pixel is *not* a tap of the update (8 neighbours per dilation); it is one of the 9 values per
   dilation whose standard deviation ``std_i`` scales the colour differences, and ``std_i`` is taken per
-  channel over all 9 × len(dilations) values at once (unbiased, as ``torch.std``);
+  channel over all 9 × len(dilations) values at once (the centre counted once per dilation; unbiased, as
+  ``torch.std``);
 - borders replicate the edge pixel (``F.pad(..., mode="replicate")``), for the image and for the masks;
 - σ = 0.1; the colour affinities are computed once, the masks are iterated (``PAMR_ITER`` = 10).
 
@@ -32,32 +33,43 @@ NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 
 STD_EPS = 1e-8  # the official code's guard in the affinity's denominator
 
 
-def _taps(x: torch.Tensor, dilation: int, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """(N, C, H, W) → (N, C, len(offsets), H, W): the values at ``dilation · offset`` of every pixel, borders replicated."""
-    height, width = x.shape[-2:]
-    padded = F.pad(x, [dilation] * 4, mode="replicate")
-    return torch.stack([padded[..., dilation + dy * dilation: dilation + dy * dilation + height,
-                               dilation + dx * dilation: dilation + dx * dilation + width]
-                        for dy, dx in offsets], dim=2)
+def _shifted(padded: torch.Tensor, dilation: int, dy: int, dx: int, size: tuple[int, int]) -> torch.Tensor:
+    """The value at ``dilation · (dy, dx)`` from every pixel, read from a map padded by ``dilation``."""
+    top, left = dilation + dy * dilation, dilation + dx * dilation
+    return padded[..., top: top + size[0], left: left + size[1]]
 
 
 def pamr_affinity(images: torch.Tensor, dilations: Sequence[int], sigma: float) -> torch.Tensor:
-    """(B, 3, H, W) images → (B, 8·len(dilations), H, W) weights: softmax over the taps of each pixel."""
-    with_centre = ((0, 0),) + NEIGHBOURS
-    local = torch.cat([_taps(images, d, with_centre) for d in dilations], dim=2)  # (B, 3, 9·D, H, W)
-    std = local.std(dim=2, keepdim=True)
-    neighbours = torch.cat([_taps(images, d, NEIGHBOURS) for d in dilations], dim=2)  # (B, 3, 8·D, H, W)
-    kappa = -(neighbours - images.unsqueeze(2)).abs() / (STD_EPS + sigma * std)
-    return torch.softmax(kappa.mean(dim=1), dim=1)
+    """(B, 3, H, W) images → (B, 8·len(dilations), H, W) weights: softmax over the taps of each pixel.
+
+    Tap by tap (sums for the mean and the unbiased variance, then one κ plane per tap), so that no
+    (B, 3, 54, H, W) stack is materialised.
+    """
+    size = images.shape[-2:]
+    padded = {d: F.pad(images, [d] * 4, mode="replicate") for d in dilations}
+    local = [(d, dy, dx) for d in dilations for dy, dx in ((0, 0),) + NEIGHBOURS]
+    mean = sum(_shifted(padded[d], d, dy, dx, size) for d, dy, dx in local) / len(local)
+    variance = sum((_shifted(padded[d], d, dy, dx, size) - mean) ** 2 for d, dy, dx in local) / (len(local) - 1)
+    scale = STD_EPS + sigma * variance.sqrt()
+    kappa = torch.stack([-((_shifted(padded[d], d, dy, dx, size) - images).abs() / scale).mean(dim=1)
+                         for d in dilations for dy, dx in NEIGHBOURS], dim=1)
+    return torch.softmax(kappa, dim=1)
 
 
 def pamr(images: torch.Tensor, masks: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
          iterations: int = 10, sigma: float = 0.1) -> torch.Tensor:
     """Refine (B, K, H, W) masks on (B, 3, H, W) images; the result stays in the range of the input."""
-    weights = pamr_affinity(images, dilations, sigma)  # (B, T, H, W)
+    weights = pamr_affinity(images, dilations, sigma).unsqueeze(2)  # (B, T, 1, H, W)
+    size = masks.shape[-2:]
     for _ in range(iterations):
-        taps = torch.cat([_taps(masks, d, NEIGHBOURS) for d in dilations], dim=2)  # (B, K, T, H, W)
-        masks = (taps * weights.unsqueeze(1)).sum(dim=2)
+        refined = torch.zeros_like(masks)
+        tap = 0
+        for d in dilations:  # tap by tap: never the (B, K, T, H, W) stack of shifted masks
+            padded = F.pad(masks, [d] * 4, mode="replicate")
+            for dy, dx in NEIGHBOURS:
+                refined.addcmul_(weights[:, tap], _shifted(padded, d, dy, dx, size))
+                tap += 1
+        masks = refined
     return masks
 
 
