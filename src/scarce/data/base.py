@@ -125,7 +125,7 @@ def image_size(path: Path) -> tuple[int, int]:
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 

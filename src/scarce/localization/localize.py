@@ -102,7 +102,7 @@ def load_model(cfg: LocalizeConfig) -> LoadedModel:
     if weights not in (None, "auto", "hub", "none") and Path(str(weights)).is_file():
         state = load_checkpoint_state(weights)
         if _is_scarce_checkpoint(state):
-            raw = torch.load(weights, map_location="cpu", weights_only=False)
+            raw = torch.load(weights, map_location="cpu", weights_only=True)
             num_classes = int(state["classifier.weight"].shape[0])
             model = build_classifier(ModelConfig(backbone=cfg.model, pretrained=None), num_classes)
             try:
