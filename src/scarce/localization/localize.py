@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scarce.cams import CAM_METHODS, CamConfig, CamExtractor, CamMethod, build_cam_method
+from scarce.config import check_ranges
 from scarce.errors import ConfigError, DataError
 from scarce.io import read_image, write_json
 from scarce.localization.boxes import boxes_from_cam
@@ -63,6 +64,9 @@ class LocalizeConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = True
     report_side: int = 320  # longer side of the report's images
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -197,10 +201,6 @@ class Localizer:
     """Model, CAM method and settings, loaded once and applied to any number of images."""
 
     def __init__(self, cfg: LocalizeConfig, loaded: LoadedModel | None = None) -> None:
-        if cfg.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {cfg.top_k}")
-        if not 0 <= cfg.threshold < 1:
-            raise ConfigError(f"threshold must lie in [0, 1), got {cfg.threshold}")
         usable = localizable_methods()
         if cfg.method not in usable:
             why = ("needs training data or a head trained with the classifier" if cfg.method in CAM_METHODS
