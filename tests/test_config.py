@@ -58,6 +58,10 @@ def test_changed_keys_names_the_dotted_keys_that_differ():
     other = Outer(root="b", inner=Inner(size=2, scales=(1.0, 0.5)), options={"logits": "classifier"})
     assert changed_keys(Outer(), other) == ["inner.scales", "inner.size", "options.logits", "root"]
     assert changed_keys(Outer(), other, ignore=("root", "options.logits")) == ["inner.scales", "inner.size"]
+    # a config stored as a plain dict (a checkpoint's to_dict) compares with the dataclass, tuples as lists
+    stored = {"root": "a", "inner": {"size": 1, "scales": [1.0]}, "options": {}}
+    assert changed_keys(stored, Outer()) == []
+    assert changed_keys(stored, other) == ["inner.scales", "inner.size", "options.logits", "root"]
 
 
 @pytest.mark.parametrize("overrides, message", [

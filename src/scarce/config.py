@@ -208,7 +208,8 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys on which two configs (dataclasses) differ, those in ``ignore`` aside.
+    """Dotted keys on which two configs (dataclasses, or their ``to_dict`` as stored in a checkpoint) differ,
+    those in ``ignore`` aside.
 
     Used to refuse mixing two configurations in one output folder: the stored config is read by today's
     code, so a field added since it was written counts only if it is set to something else.
@@ -218,7 +219,7 @@ def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
             return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
         return {prefix[:-1]: _plain(value)}
 
-    before, after = flat(to_dict(old), ""), flat(to_dict(new), "")
+    before, after = (flat(c if isinstance(c, dict) else to_dict(c), "") for c in (old, new))
     return sorted(key for key in before.keys() | after.keys() if key not in ignore and before.get(key) != after.get(key))
 
 
