@@ -15,6 +15,7 @@ from scarce.cli import add_optional_config, add_quiet, optional_config
 # (a test keeps the two equal; importing the methods here would slow every command's start)
 LOCALIZE_METHODS = ("advcam", "cam", "gradcam")
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     loc = sub.add_parser(
         "localize", help="boxes and masks of the top classes of photos, from CAMs (COCO-style JSON + HTML)",

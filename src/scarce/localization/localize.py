@@ -26,15 +26,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from tqdm.auto import tqdm
 
 from scarce.cams import CAM_METHODS, CamConfig, CamExtractor, CamMethod, build_cam_method
 from scarce.config import check_ranges
+from scarce.data.base import read_class_names
 from scarce.errors import ConfigError, DataError
 from scarce.io import read_image, write_json
 from scarce.localization.boxes import boxes_from_cam
-from scarce.data.base import read_class_names
 from scarce.localization.classes import find_class, imagenet_classes
 from scarce.models.nwc import with_nwc
 from scarce.localization.rle import rle_encode
