@@ -2,14 +2,15 @@
 
     nice python benchmarks/compare_methods.py configs/methods/*.yaml --out runs/compare --seeds 0 1 2
 
-Writes OUT/table.md (the table for docs/benchmarks.md), OUT/results.json and OUT/report.html.
+The same as ``scarce compare ...``. Writes OUT/table.md (the table for docs/benchmarks.md), OUT/results.json
+and OUT/report.html.
 """
 
 from __future__ import annotations
 
 import sys
 
-from scarce.methods.compare import main
+from scarce.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["compare", *sys.argv[1:]]))

@@ -58,3 +58,58 @@ def test_changed_keys_names_the_dotted_keys_that_differ():
     other = Outer(root="b", inner=Inner(size=2, scales=(1.0, 0.5)), options={"logits": "classifier"})
     assert changed_keys(Outer(), other) == ["inner.scales", "inner.size", "options.logits", "root"]
     assert changed_keys(Outer(), other, ignore=("root", "options.logits")) == ["inner.scales", "inner.size"]
+    # a config stored as a plain dict (a checkpoint's to_dict) compares with the dataclass, tuples as lists
+    stored = {"root": "a", "inner": {"size": 1, "scales": [1.0]}, "options": {}}
+    assert changed_keys(stored, Outer()) == []
+    assert changed_keys(stored, other) == ["inner.scales", "inner.size", "options.logits", "root"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.batch_size=0"], "train.batch_size: must be >= 1, got 0"),
+    (["train.lr=-1"], "train.lr: must be > 0, got -1.0"),
+    (["train.epochs=0"], "train.epochs: must be >= 1, got 0"),
+    (["train.augment.scale_range=[1.3, 0.7]"], r"train.augment.scale_range: must be \[low, high\] with 0 < low <= high"),
+    (["cam.scales=[0]"], r"cam.scales: must be a non-empty list, each > 0, got \[0.0\]"),
+    (["cam.scales=[]"], r"cam.scales: must be a non-empty list, each > 0, got \[\]"),
+    (["cam.batch_size=-3"], "cam.batch_size: must be >= 1, got -3"),
+    (["cam.percentile=0"], r"cam.percentile: must be in \(0, 100\], got 0.0"),
+    (["eval.threshold_step=0"], r"eval.threshold_step: must be in \(0, 1\), got 0.0"),
+    (["eval.mask_mode=confidnet"], "eval.mask_mode: must be one of threshold, confident, got 'confidnet'"),
+    (["data.scenes.n=0"], "scenes: n must be >= 1, got 0"),
+])
+def test_out_of_range_run_config_values_name_the_key_and_value(overrides, message):
+    from scarce.pipeline import load_run_config
+
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        load_run_config(None, parse_overrides(overrides))
+
+
+def test_localization_configs_are_range_checked():
+    from scarce.config import from_dict
+    from scarce.localization.ablation import AblationConfig
+    from scarce.localization.localize import LocalizeConfig
+
+    with pytest.raises(ConfigError, match=r"^metrics.interval: must be in \(0, 1\), got 0.0"):
+        from_dict(AblationConfig, {"metrics": {"interval": 0}})
+    with pytest.raises(ConfigError, match=r"^tap_lr: must be null or > 0, got -0.1"):
+        from_dict(AblationConfig, {"tap_lr": -0.1})
+    assert from_dict(AblationConfig, {"tap_lr": None}).tap_lr is None
+    with pytest.raises(ConfigError, match=r"^seeds: must be a non-empty list, each >= 0, got \[\]"):
+        from_dict(AblationConfig, {"seeds": []})
+    with pytest.raises(ConfigError, match=r"^top_k: must be >= 1, got 0"):  # built in code (the CLI) too
+        LocalizeConfig(top_k=0)
+    with pytest.raises(ConfigError, match=r"^threshold: must be in \[0, 1\), got 1.0"):
+        LocalizeConfig(threshold=1.0)
+
+
+def test_every_range_names_a_real_field_and_every_default_is_in_range():
+    import dataclasses
+    import importlib
+
+    from scarce.config import RANGES, check_ranges
+
+    for qualified, rules in RANGES.items():
+        module, name = qualified.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        assert set(rules) <= {f.name for f in dataclasses.fields(cls)}, qualified
+        check_ranges(cls())

@@ -107,6 +107,36 @@ def test_voc_class_names_file_overrides_the_20_classes(tmp_path: Path) -> None:
     assert [s.labels for s in dataset.samples] == [(1, 2), (0,)]
 
 
+def test_voc_layout_honours_the_folder_loaders_classes_txt(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path)
+    (voc / "classes.txt").write_text("cat\ndog\nperson\n")
+    (voc / "ImageSets" / "Segmentation" / "ab.txt").write_text("a\nb\n")
+    assert load_voc(voc, "ab").class_names == ("cat", "dog", "person")
+    (voc / "class_names.txt").write_text("cat\ndog\nperson\n")  # both, agreeing: fine
+    assert load_voc(voc, "ab").class_names == ("cat", "dog", "person")
+    (voc / "class_names.txt").write_text("dog\ncat\nperson\n")
+    with pytest.raises(DataError, match=r"classes\.txt: lists other classes than class_names\.txt"):
+        load_voc(voc, "ab")
+
+
+def test_one_class_list_reader(tmp_path: Path) -> None:
+    from scarce.data.base import read_class_names
+
+    path = tmp_path / "classes.txt"
+    path.write_text("  n01 tench  \n\n n02 goldfish # a fish\n# header\n")
+    assert read_class_names(path, comment="#") == ("n01 tench", "n02 goldfish")
+    assert read_class_names(path) == ("n01 tench", "n02 goldfish # a fish", "# header")
+    for text, problem in (("", "class list is empty"), ("a\nb\na\n", "names 'a' more than once")):
+        path.write_text(text)
+        with pytest.raises(DataError, match=problem):
+            read_class_names(path)
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_class_names(path)
+    with pytest.raises(DataError, match="nope.txt: class list not found"):
+        read_class_names(tmp_path / "nope.txt")
+
+
 def test_voc_bad_inputs_name_the_file(tmp_path: Path) -> None:
     voc = make_voc(tmp_path)
     splits = voc / "ImageSets" / "Segmentation"
@@ -288,3 +318,17 @@ def test_folder_bad_inputs_name_the_file(tmp_path: Path) -> None:
     (root / "labels.csv").write_text("file,tags\nx.jpg,dog\n")
     with pytest.raises(DataError, match=r"labels\.csv.*header"):
         load_folder(root)
+
+
+def test_data_base_imports_no_loader_and_opens_them_by_name(tmp_path: Path) -> None:
+    import ast
+
+    import scarce.data.base as base
+
+    tree = ast.parse(Path(base.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not imported & {"scarce.data.voc", "scarce.data.coco", "scarce.data.folder", "scarce.data.scenes"}
+    assert base.LOADERS == {"voc": load_voc, "scenes": load_voc, "coco": load_coco, "folder": load_folder}
+    with pytest.raises(ConfigError, match="unknown dataset kind 'vocc'; known: coco, folder, scenes, voc"):
+        base.open_dataset("vocc", tmp_path, "train")

@@ -61,9 +61,10 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     for stem in test_stems:
         (gt / f"{stem}.png").write_bytes((run / "data/SegmentationClass" / f"{stem}.png").read_bytes())
     scores_path = tmp_path / "scores.json"
-    assert main(["eval-masks", "--pred", str(run / "masks/test"), "--gt", str(gt), "--num-classes", "11",
+    assert main(["eval-masks", "--pred", str(run / "masks/test"), "--gt", str(gt), "--num-classes", "10",
                  "--out", str(scores_path)]) == 0
     assert json.loads(scores_path.read_text())["miou"] == pytest.approx(metrics["test"]["miou"], abs=1e-9)
+    assert json.loads(scores_path.read_text())["num_classes"] == 11  # 10 object classes + background
     # A ground-truth folder with files the predictions lack is an error naming the file.
     assert main(["eval-masks", "--pred", str(run / "masks/test"), "--gt", str(run / "data/SegmentationClass")]) == 1
     assert ".png" in capsys.readouterr().err

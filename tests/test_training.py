@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -55,7 +57,7 @@ def test_resume_refuses_another_configuration(tiny_scenes, tmp_path):
     with pytest.raises(Killed):
         train_classifier(fresh_model(data.num_classes), data, one_epoch, tmp_path, progress=False,
                          on_step=lambda e, s: (_ for _ in ()).throw(Killed()) if s == 1 else None)
-    (tmp_path / "checkpoint.pt").exists() or train_classifier  # noqa: B018 (no checkpoint yet is fine too)
+    assert not (tmp_path / "checkpoint.pt").exists()  # killed inside epoch 1: checkpoints are written at epoch ends
     train_classifier(fresh_model(data.num_classes), data, one_epoch, tmp_path, progress=False, resume=True)
     other = TrainConfig(epochs=1, batch_size=8, lr=0.5, augment=AugmentConfig(crop_size=48))
     (tmp_path / "model.pt").unlink()
@@ -79,6 +81,25 @@ def test_nan_loss_stops_and_keeps_checkpoint(tiny_scenes, tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["step"] == steps_per_epoch
     assert torch.isfinite(state["model"]["classifier.weight"]).all()
+
+
+class _Marker:
+    """Unpickling this creates the file it names: a stand-in for code a tampered checkpoint would run."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_load_trained_does_not_run_code_from_the_checkpoint(tmp_path):
+    model = fresh_model(3)
+    marker = tmp_path / "code_ran"
+    torch.save({"model": model.state_dict(), "objective": {}, "extra": _Marker(marker)}, tmp_path / "model.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_trained(fresh_model(3), tmp_path / "model.pt")
+    assert not marker.exists()
 
 
 def test_poly_schedule_and_epoch_order():

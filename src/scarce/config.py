@@ -1,7 +1,8 @@
 """Typed configuration: dataclass defaults, then a YAML file, then ``key.sub=value`` overrides.
 
 Every run folder stores the resolved configuration so that a number can be traced to its settings.
-Unknown keys are errors (a typo must not silently fall back to a default).
+Unknown keys are errors (a typo must not silently fall back to a default), and so are values out of range
+(:data:`RANGES`: ``train.batch_size=0`` fails when the config is read, not epochs later).
 """
 
 from __future__ import annotations
@@ -10,13 +11,95 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from scarce.errors import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a config value must be: ``test(value)`` holds; ``requirement`` completes "must be ..."."""
+
+    test: Callable[[Any], bool]
+    requirement: str
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: v >= low, f">= {low}")
+
+
+def above(low: float) -> Rule:
+    return Rule(lambda v: v > low, f"> {low}")
+
+
+def within(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Rule:
+    def test(v: Any) -> bool:
+        return (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+
+    return Rule(test, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def each(rule: Rule) -> Rule:
+    """A non-empty list whose every item obeys ``rule``."""
+    return Rule(lambda v: len(v) > 0 and all(rule.test(x) for x in v), f"a non-empty list, each {rule.requirement}")
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.test(v), f"null or {rule.requirement}")
+
+
+ORDERED_POSITIVE_PAIR = Rule(lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")
+PERCENTILE = within(0, 100, low_open=True)
+FRACTION = within(0, 1, high_open=True)
+
+# The ranges of the typed configs, by class ("module.Class"), in one place: `from_dict` checks every config it
+# builds against them, and a config class may call `check_ranges(self)` in ``__post_init__`` to be checked
+# when built in code too. (Cross-field rules stay with their class, e.g. ScenesConfig's.)
+RANGES: dict[str, dict[str, Rule]] = {
+    "scarce.training.trainer.TrainConfig": {
+        "epochs": at_least(1), "batch_size": at_least(1), "lr": above(0), "head_lr_mult": above(0),
+        "weight_decay": at_least(0), "momentum": FRACTION, "poly_power": at_least(0), "num_workers": at_least(0),
+        "seed": at_least(0), "checkpoint_every": at_least(0),
+    },
+    "scarce.training.transforms.AugmentConfig": {"crop_size": at_least(1), "scale_range": ORDERED_POSITIVE_PAIR},
+    "scarce.cams.base.CamConfig": {"scales": each(above(0)), "percentile": PERCENTILE, "batch_size": at_least(1)},
+    "scarce.pipeline.EvalConfig": {
+        "threshold_step": within(0, 1, low_open=True, high_open=True), "fg_margin": FRACTION,
+        "bg_margin": FRACTION, "mask_mode": one_of("threshold", "confident"), "gallery": at_least(0),
+    },
+    "scarce.models.classifier.ModelConfig": {"tap_tau": above(0)},
+    "scarce.localization.evaluate.WsolMetricsConfig": {
+        "interval": within(0, 1, low_open=True, high_open=True), "iou_thresholds": each(within(0, 1, low_open=True)),
+    },
+    "scarce.localization.ablation.AblationConfig": {
+        "seeds": each(at_least(0)), "percentile": PERCENTILE, "tap_tau": above(0), "tap_lr": optional(above(0)),
+    },
+    "scarce.localization.localize.LocalizeConfig": {
+        "top_k": at_least(1), "percentile": PERCENTILE, "threshold": FRACTION, "input_size": at_least(1),
+        "max_side": at_least(1), "scales": each(above(0)), "report_side": at_least(1),
+    },
+}
+
+
+def check_ranges(config: Any, where: str = "") -> None:
+    """Raise :class:`ConfigError` naming the first value of dataclass ``config`` outside its range in :data:`RANGES`."""
+    cls = type(config)
+    for name, rule in RANGES.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+        value = getattr(config, name)
+        try:
+            ok = bool(rule.test(value))
+        except TypeError:  # e.g. None where a number is needed
+            ok = False
+        if not ok:
+            raise ConfigError(f"{where + '.' if where else ''}{name}: must be {rule.requirement}, got {_plain(value)!r}")
 
 
 def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -91,7 +174,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    check_ranges(config, where)
+    return config
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -123,7 +208,8 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys on which two configs (dataclasses) differ, those in ``ignore`` aside.
+    """Dotted keys on which two configs (dataclasses, or their ``to_dict`` as stored in a checkpoint) differ,
+    those in ``ignore`` aside.
 
     Used to refuse mixing two configurations in one output folder: the stored config is read by today's
     code, so a field added since it was written counts only if it is set to something else.
@@ -133,7 +219,7 @@ def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
             return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
         return {prefix[:-1]: _plain(value)}
 
-    before, after = flat(to_dict(old), ""), flat(to_dict(new), "")
+    before, after = (flat(c if isinstance(c, dict) else to_dict(c), "") for c in (old, new))
     return sorted(key for key in before.keys() | after.keys() if key not in ignore and before.get(key) != after.get(key))
 
 

@@ -17,8 +17,23 @@ from scarce.errors import DataError
 
 PathLike = str | os.PathLike
 IGNORE_INDEX = 255  # label maps: 0 background, c + 1 for class c, 255 "ignore"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+def _file_mode() -> int:
+    """The mode a newly created file gets (0o666 less the process umask), without changing the umask.
+
+    Linux reports the umask in /proc/self/status; elsewhere a probe file in the temporary folder shows it.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.touch(mode=0o666)
+        return probe.stat().st_mode & 0o777
 
 
 @contextmanager
@@ -34,7 +49,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should look like any other
+        os.chmod(tmp_path, _file_mode())  # mkstemp makes 0600 files; outputs should look like any other
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -118,7 +133,7 @@ def read_image(path: PathLike, mode: str = "RGB") -> np.ndarray:
             return np.asarray(img.convert(mode))
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 

@@ -10,11 +10,34 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
-from scarce.errors import ScarceError
+from scarce.errors import ConfigError, ScarceError
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil")
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``, the one switch for progress bars in every command (they are on by default)."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_optional_config(parser: argparse.ArgumentParser, text: str) -> None:
+    """An optional YAML config, positional as in every command; ``--config FILE`` is still read (deprecated)."""
+    parser.add_argument("config", type=Path, nargs="?", help=text)
+    parser.add_argument("--config", dest="config_option", type=Path, help=argparse.SUPPRESS)
+
+
+def optional_config(args: argparse.Namespace) -> Path | None:
+    """The config given positionally or by the deprecated ``--config``; both at once is an error."""
+    if args.config_option is None:
+        return args.config
+    if args.config is not None:
+        raise ConfigError("give the config once: positionally (--config is its old, deprecated spelling)")
+    print(f"scarce {args.command}: --config is deprecated; give the config positionally: "
+          f"scarce {args.command} {args.config_option}", file=sys.stderr)
+    return args.config_option
 
 
 def build_parser() -> argparse.ArgumentParser:

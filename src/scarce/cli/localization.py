@@ -9,6 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from scarce.cli import add_optional_config, add_quiet, optional_config
+
+# `scarce.localization.localize.localizable_methods()`, the registered CAM methods that need no training data
+# (a test keeps the two equal; importing the methods here would slow every command's start)
+LOCALIZE_METHODS = ("advcam", "cam", "gradcam")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     loc = sub.add_parser(
         "localize", help="boxes and masks of the top classes of photos, from CAMs (COCO-style JSON + HTML)",
@@ -24,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="class to localize (name, synonym, WordNet id or index; repeatable); "
                           "default auto: the top-k predicted classes")
     loc.add_argument("--top-k", type=int, default=5, help="classes per image when --class is auto (default 5)")
-    loc.add_argument("--method", default="cam", help="CAM method: cam, gradcam, or any registered method")
+    loc.add_argument("--method", default="cam", choices=LOCALIZE_METHODS,
+                     help="CAM method; those that learn from training data (lpcam, rib, recam) need "
+                          "`scarce wsol-eval` or a run (default cam)")
     loc.add_argument("--layer", help="Grad-CAM target layer (dotted module name)")
     loc.add_argument("--nwc", action="store_true", help="negative weight clamping (Bae et al.)")
     loc.add_argument("--pas", action="store_true", help="percentile as the standard (PaS) instead of the maximum")
@@ -36,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--scales", type=float, nargs="+", default=[1.0], help="CAM scales (default 1.0)")
     loc.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging of CAMs")
     loc.add_argument("--out", type=Path, default=Path("runs/localize"), help="output folder (default %(default)s)")
+    add_quiet(loc)
     loc.set_defaults(func=cmd_localize)
 
     ev = sub.add_parser("wsol-eval", help="WSOL metrics of a trained scarce model: thresholds on one split, scores on another")
@@ -56,19 +66,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--interval", type=float, default=0.01, help="score-map threshold step (default 0.01)")
     ev.add_argument("--convention", choices=("wsolevaluation", "exact"), default="wsolevaluation")
     ev.add_argument("--out", type=Path, required=True)
-    ev.add_argument("--quiet", action="store_true")
+    add_quiet(ev)
     ev.set_defaults(func=cmd_wsol_eval)
 
     ab = sub.add_parser("wsol-ablation", help="CAM → +PaS → +NWC → +TAP on the scenes benchmark (val thresholds, test scores)")
-    ab.add_argument("--config", type=Path, help="YAML (the defaults are configs/localization/ablation.yaml)")
+    add_optional_config(ab, "YAML over the defaults (which are configs/localization/ablation.yaml)")
     ab.add_argument("--out", type=Path, default=Path("runs/wsol_ablation"))
     ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set seeds=[0]")
-    ab.add_argument("--quiet", action="store_true")
+    add_quiet(ab)
     ab.set_defaults(func=cmd_ablation)
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from scarce.localization.localize import LocalizeConfig, localize, write_outputs
 
     classes = tuple(c for c in args.classes if c.lower() != "auto")
@@ -81,9 +93,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
     )
 
     def report(path: Path, exc: Exception) -> None:
-        print(f"scarce localize: skipped {path}: {getattr(exc, 'problem', exc)}", file=sys.stderr)
+        tqdm.write(f"scarce localize: skipped {path}: {getattr(exc, 'problem', exc)}", file=sys.stderr)
 
-    results, skipped, localizer = localize(args.paths, cfg, on_error=report)
+    results, skipped, localizer = localize(args.paths, cfg, on_error=report, progress=not args.quiet)
     json_path, html_path = write_outputs(results, skipped, localizer, args.out)
     for result in results:
         print(result.path)
@@ -126,7 +138,8 @@ def cmd_wsol_eval(args: argparse.Namespace) -> int:
         dataset = open_wsol_dataset(args.dataset, args.root, split, args.annotations)
         cam_dir = args.out / "cams" / split
         extract_cams(model, dataset, cam_cfg, cam_dir, method=method, progress=not args.quiet)
-        evaluators[split] = evaluate_cam_folder(dataset, cam_dir, metrics, predicted_scores(loaded.model, dataset))
+        scores = predicted_scores(loaded.model, dataset, progress=not args.quiet)
+        evaluators[split] = evaluate_cam_folder(dataset, cam_dir, metrics, scores, progress=not args.quiet)
     scores = protocol_scores(evaluators[args.val_split], evaluators[args.test_split], args.val_split, args.test_split)
     write_json(args.out / "wsol_metrics.json", scores)
     print(f"protocol: {scores['protocol']}")
@@ -141,7 +154,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from scarce.config import resolve
     from scarce.localization.ablation import AblationConfig, run_ablation
 
-    cfg = resolve(AblationConfig, args.config, args.overrides)
+    cfg = resolve(AblationConfig, optional_config(args), args.overrides)
     started = time.perf_counter()
     run_ablation(cfg, args.out, progress=not args.quiet)
     print((args.out / "ablation.md").read_text())

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from scarce.cli import add_optional_config, add_quiet, optional_config
 from scarce.config import merge, parse_overrides
 
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     scenes.add_argument("--shape-noise", type=float, default=0.0,
                         help="probability that an object's class (and emblem) is redrawn at random, so that its "
                              "shape tells the class only weakly (needs --part-size)")
+    add_quiet(scenes)
     scenes.set_defaults(func=cmd_scenes)
 
     for name, func, text in (
@@ -44,17 +46,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.epochs=3")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_quiet(p)
         p.set_defaults(func=func)
 
     cam = sub.add_parser("cam", help="write CAMs of a split for a trained run")
     cam.add_argument("run", type=Path)
     cam.add_argument("--split", action="append", help="split(s); default: the config's val and test splits")
-    cam.add_argument("--quiet", action="store_true")
+    add_quiet(cam)
     cam.set_defaults(func=cmd_cam)
 
     ev = sub.add_parser("evaluate", help="choose the background threshold on val, score test; writes metrics.json")
     ev.add_argument("run", type=Path)
+    add_quiet(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     masks = sub.add_parser("masks", help="turn a split's CAMs into label PNGs")
@@ -63,26 +66,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     masks.add_argument("--threshold", type=float, help="background threshold (default: the one chosen on val)")
     masks.add_argument("--fg", type=float, help="confident masks: foreground threshold")
     masks.add_argument("--bg", type=float, help="confident masks: background threshold (255 between --bg and --fg)")
+    add_quiet(masks)
     masks.set_defaults(func=cmd_masks)
 
     em = sub.add_parser("eval-masks", help="score a folder of label PNGs against a folder of ground-truth PNGs")
     em.add_argument("--pred", type=Path, required=True)
     em.add_argument("--gt", type=Path, required=True)
-    em.add_argument("--num-classes", type=int, help="classes including background (default: inferred)")
+    em.add_argument("--num-classes", type=int,
+                    help="object classes, background not counted, as everywhere in scarce (labels 0..N; "
+                         "default: inferred from the largest label found)")
     em.add_argument("--out", type=Path, help="write the scores to this JSON file")
     em.set_defaults(func=cmd_eval_masks)
 
-    compare = sub.add_parser("compare", add_help=False, prefix_chars="\0",
-                             help="CAM and the CAM method family on the scenes benchmark, several seeds, one table "
-                                  "(`scarce compare --help` for options)")
-    compare.add_argument("args", nargs=argparse.REMAINDER)
+    compare = sub.add_parser(
+        "compare", help="CAM and the CAM method family on the scenes benchmark, several seeds, one table",
+        description="Run CAM and every method config for each seed (train, CAMs, threshold on val, scores on "
+                    "test) and write OUT/table.md, OUT/results.json and OUT/report.html; finished runs are reused.")
+    compare.add_argument("configs", nargs="+", type=Path, help="method configs (configs/methods/*.yaml)")
+    compare.add_argument("--out", type=Path, required=True, help="output folder")
+    compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    compare.add_argument("--base", type=Path, help="benchmark run config (default configs/methods/base.yaml)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a base config value, e.g. --set train.epochs=1 (repeatable)")
+    compare.add_argument("--set-method", dest="method_overrides", action="append", default=[],
+                         metavar="METHOD:KEY=VALUE",
+                         help="override a method's run setting, e.g. advcam:cam.options.adv_iter=8 (repeatable)")
+    add_quiet(compare)
     compare.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → scores → report")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--config", type=Path, default=None, help="YAML overriding the defaults (see configs/)")
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    demo.add_argument("--quiet", action="store_true")
+    add_optional_config(demo, "YAML overriding the defaults (see configs/; default: none)")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default %(default)s)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set train.epochs=3")
+    add_quiet(demo)
     demo.set_defaults(func=cmd_demo)
 
 
@@ -109,7 +126,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
                        max_objects=args.max_objects, scale_range=tuple(args.scale_range), occlusion=args.occlusion,
                        cooccurrence=args.cooccurrence, part_size=args.part_size,
                        shape_noise=args.shape_noise)
-    dataset = generate_scenes(cfg, args.out)
+    dataset = generate_scenes(cfg, args.out, progress=not args.quiet)
     print(f"wrote {args.n} scenes ({len(dataset.class_names)} classes) to {args.out}")
     return 0
 
@@ -141,7 +158,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from scarce.io import write_json
 
-    run = _existing_run(args.run)
+    run = _existing_run(args.run, args.quiet)
     metrics = run.evaluate()
     write_json(run.folder / "metrics.json", metrics)
     print_summary(metrics, run.folder)
@@ -152,7 +169,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from scarce.errors import ConfigError
     from scarce.io import read_json
 
-    run = _existing_run(args.run)
+    run = _existing_run(args.run, args.quiet)
     if (args.fg is None) != (args.bg is None):
         raise ConfigError("give both --fg and --bg for confident masks")
     if args.fg is not None and args.threshold is not None:
@@ -169,7 +186,7 @@ def cmd_eval_masks(args: argparse.Namespace) -> int:
     from scarce.io import write_json
     from scarce.metrics.folders import evaluate_folders
 
-    scores = evaluate_folders(args.pred, args.gt, args.num_classes)
+    scores = evaluate_folders(args.pred, args.gt, None if args.num_classes is None else args.num_classes + 1)
     if args.out:
         write_json(args.out, scores)
     print(f"mIoU {scores['miou']:.4f}  FP {scores['fp']:.4f}  FN {scores['fn']:.4f}  ({scores['num_images']} images)")
@@ -181,7 +198,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from scarce.config import load_yaml
 
-    base = load_yaml(args.config) if args.config else {}  # the defaults of RunConfig are the demo's settings
+    config = optional_config(args)
+    base = load_yaml(config) if config else {}  # the defaults of RunConfig are the demo's settings
     cfg = load_run_config(None, merge(base, parse_overrides(args.overrides)))
     started = time.perf_counter()
     run = Run(cfg, args.out, progress=not args.quiet)
@@ -193,9 +211,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from scarce.methods.compare import main as compare_main
+    from scarce.errors import ConfigError
+    from scarce.methods.compare import DEFAULT_BASE, compare, markdown_table
 
-    return compare_main(args.args)
+    per_method: dict[str, list[str]] = {}
+    for item in args.method_overrides:
+        name, _, setting = item.partition(":")
+        if not setting:
+            raise ConfigError(f"--set-method {item!r} must look like METHOD:KEY=VALUE")
+        per_method.setdefault(name, []).append(setting)
+    # a shell glob such as configs/methods/*.yaml also matches the benchmark configs, which are not methods
+    benchmarks = {(args.base or DEFAULT_BASE).resolve(), DEFAULT_BASE.resolve()}
+    configs = [p for p in args.configs if p.resolve() not in benchmarks]
+    summary = compare(configs, args.out, args.seeds, args.base, args.overrides, per_method, progress=not args.quiet)
+    print()
+    print(markdown_table(summary["rows"]), end="")
+    print(f"wall time {summary['wall_s']:.0f} s; table: {args.out / 'table.md'}; report: {args.out / 'report.html'}")
+    return 0
 
 
 def print_summary(metrics: dict, folder: Path) -> None:

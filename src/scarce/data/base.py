@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -125,9 +125,34 @@ def image_size(path: Path) -> tuple[int, int]:
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+
+
+def read_class_names(path: str | Path, comment: str | None = None) -> tuple[str, ...]:
+    """A class list: one class per line, stripped, blank lines ignored; the order defines the class indices.
+
+    With ``comment`` (e.g. ``"#"``) everything from it to the end of a line is dropped. A line may carry more
+    than a name (CUB's ``1 001.Black_footed_Albatross``, a WordNet id and a description): callers split it.
+    A missing, non-UTF-8 or empty file, or a line given twice, raises :class:`DataError` naming the file.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(path, "class list not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"class list is not UTF-8 text ({exc})") from None
+    if comment is not None:
+        lines = [line.split(comment, 1)[0] for line in lines]
+    names = tuple(line.strip() for line in lines if line.strip())
+    if not names:
+        raise DataError(path, "class list is empty")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(path, f"class list names {', '.join(map(repr, repeated))} more than once")
+    return names
 
 
 def class_indices(names: Iterable[str], class_names: tuple[str, ...], where: Path, context: str = "") -> tuple[int, ...]:
@@ -167,18 +192,22 @@ def labels_from_mask(mask: np.ndarray, num_classes: int, where: Path) -> tuple[i
     return tuple(int(v) - 1 for v in values if 0 < v <= num_classes)
 
 
+LOADERS: dict[str, Callable[..., WeakDataset]] = {}  # layout name → loader(root, split, **options)
+
+
+def register_loader(*kinds: str) -> Callable[[Callable[..., WeakDataset]], Callable[..., WeakDataset]]:
+    """Make a loader openable by name. The loaders register themselves, so this module imports none of them
+    (they import it); importing ``scarce.data`` imports them all."""
+    def add(loader: Callable[..., WeakDataset]) -> Callable[..., WeakDataset]:
+        for kind in kinds:
+            LOADERS[kind] = loader
+        return loader
+
+    return add
+
+
 def open_dataset(kind: str, root: str | Path, split: str, **kwargs: Any) -> WeakDataset:
     """Open a dataset by layout name: "voc", "scenes" (the generated benchmark, VOC layout), "coco", "folder"."""
-    if kind in ("voc", "scenes"):
-        from scarce.data.voc import load_voc
-
-        return load_voc(root, split, **kwargs)
-    if kind == "coco":
-        from scarce.data.coco import load_coco
-
-        return load_coco(root, split, **kwargs)
-    if kind == "folder":
-        from scarce.data.folder import load_folder
-
-        return load_folder(root, split, **kwargs)
-    raise ConfigError(f"unknown dataset kind {kind!r}; known: voc, scenes, coco, folder")
+    if kind not in LOADERS:
+        raise ConfigError(f"unknown dataset kind {kind!r}; known: {', '.join(sorted(LOADERS))}")
+    return LOADERS[kind](root, split, **kwargs)

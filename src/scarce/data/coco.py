@@ -19,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from scarce.data.base import IGNORE_INDEX, Box, Sample, WeakDataset, require_image, require_labels, save_label_png
+from scarce.data.base import (
+    IGNORE_INDEX, Box, Sample, WeakDataset, register_loader, require_image, require_labels, save_label_png,
+)
 from scarce.errors import DataError
 from scarce.io import read_json
 
@@ -131,6 +133,7 @@ class CocoDataset(WeakDataset):
         return label_map, self.annotation_file
 
 
+@register_loader("coco")
 def load_coco(root: str | Path, split: str, allow_empty: bool = False) -> CocoDataset:
     """Load ``split`` (e.g. "train2014", "val2017") from ``root/annotations/instances_<split>.json``.
 

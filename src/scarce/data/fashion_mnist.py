@@ -118,18 +118,3 @@ def load_subset(split: str) -> FashionMNIST:
         with np.load(path) as data:
             return FashionMNIST(data[f"{split}_images"], data[f"{split}_labels"].astype(np.int64), source=f"shipped subset ({path.name})")
 
-
-def build_subset(out: Path, per_class: dict[str, int] | None = None, seed: int = 0) -> None:
-    """Regenerate the shipped subset from the full set (how ``assets/fashion_mnist_subset.npz`` was made)."""
-    from scarce.io import save_npz
-
-    per_class = per_class or {"train": 200, "test": 50}
-    rng = np.random.default_rng(seed)
-    arrays: dict[str, np.ndarray] = {}
-    for split, n in per_class.items():
-        full = load_fashion_mnist(split, subset=False)
-        keep = np.concatenate([rng.choice(np.flatnonzero(full.labels == c), n, replace=False) for c in range(10)])
-        keep.sort()
-        arrays[f"{split}_images"] = full.images[keep]
-        arrays[f"{split}_labels"] = full.labels[keep].astype(np.uint8)
-    save_npz(out, **arrays)

@@ -18,8 +18,9 @@ import csv
 import re
 from pathlib import Path
 
-from scarce.data.base import Sample, WeakDataset, class_indices, require_image, require_labels
-from scarce.data.voc import read_class_names
+from scarce.data.base import (
+    Sample, WeakDataset, class_indices, read_class_names, register_loader, require_image, require_labels,
+)
 from scarce.errors import DataError
 from scarce.io import read_json
 
@@ -67,6 +68,7 @@ def read_label_json(path: Path) -> dict[str, list[str]]:
     return {image: list(names) for image, names in data.items()}
 
 
+@register_loader("folder")
 def load_folder(root: str | Path, split: str = "all", allow_empty: bool = False) -> WeakDataset:
     """Load a labelled image folder (see the module docstring for the layout)."""
     root = Path(root)

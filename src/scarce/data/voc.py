@@ -15,6 +15,8 @@ from scarce.data.base import (
     WeakDataset,
     class_indices,
     labels_from_mask,
+    read_class_names,
+    register_loader,
     require_image,
     require_labels,
 )
@@ -25,7 +27,8 @@ VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-CLASS_NAMES_FILE = "class_names.txt"
+CLASS_NAMES_FILE = "class_names.txt"  # what the scenes generator writes
+CLASS_NAMES_FILES = (CLASS_NAMES_FILE, "classes.txt")  # also the name the folder loader reads
 AUG_SPLIT = "train_aug"
 _AUG_LISTS = ("ImageSets/Segmentation/train_aug.txt", "ImageSets/SegmentationAug/train_aug.txt")
 
@@ -39,19 +42,13 @@ def find_voc_root(root: str | Path) -> Path:
     raise DataError(root, "not a PASCAL VOC folder: no JPEGImages/ and ImageSets/ here, in VOC2012/ or in VOCdevkit/VOC2012/")
 
 
-def read_class_names(path: Path) -> tuple[str, ...]:
-    """One class name per line (blank lines ignored); the order defines the class indices."""
-    try:
-        names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except FileNotFoundError:
-        raise DataError(path, "class list not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"class list is not UTF-8 text ({exc})") from None
-    if not names:
-        raise DataError(path, "class list is empty")
-    if len(set(names)) != len(names):
-        raise DataError(path, "class list names a class twice")
-    return names
+def class_names_at(voc_root: Path) -> tuple[str, ...]:
+    """The class list at the VOC root (``class_names.txt`` or ``classes.txt``; both only if they agree), else VOC's."""
+    lists = {path: read_class_names(path) for path in (voc_root / n for n in CLASS_NAMES_FILES) if path.is_file()}
+    if len(set(lists.values())) > 1:
+        first, second = lists
+        raise DataError(second, f"lists other classes than {first.name}; keep one class list")
+    return next(iter(lists.values()), VOC_CLASSES)
 
 
 def split_list_path(voc_root: Path, split: str) -> Path:
@@ -106,6 +103,7 @@ def parse_voc_xml(path: Path, class_names: tuple[str, ...]) -> tuple[tuple[int, 
     return class_indices(names, class_names, path), tuple(boxes)
 
 
+@register_loader("voc", "scenes")
 def load_voc(
     root: str | Path,
     split: str,
@@ -114,17 +112,16 @@ def load_voc(
 ) -> WeakDataset:
     """Load split ``split`` ("train", "val", "trainval", "test", "train_aug", ...) of a VOC-layout folder.
 
-    Class names: ``class_names`` if given, else ``class_names.txt`` at the VOC root, else the 20 VOC classes.
+    Class names: ``class_names`` if given, else ``class_names.txt`` or ``classes.txt`` at the VOC root, else
+    the 20 VOC classes.
     ``train_aug`` takes its masks from ``SegmentationClassAug/`` (falling back to ``SegmentationClass/`` per
     image); other splits use ``SegmentationClass/`` only, the official ground truth.
     """
     voc_root = find_voc_root(root)
     if class_names is not None:
         names = tuple(class_names)
-    elif (voc_root / CLASS_NAMES_FILE).is_file():
-        names = read_class_names(voc_root / CLASS_NAMES_FILE)
     else:
-        names = VOC_CLASSES
+        names = class_names_at(voc_root)
     list_path = split_list_path(voc_root, split)
     mask_dirs = [voc_root / "SegmentationClass"]
     if split == AUG_SPLIT:

@@ -5,7 +5,7 @@
   wsolevaluation (OpenCV-compatible) convention;
 - :mod:`~scarce.localization.metrics`: streaming MaxBoxAccV1/V2, top-1 loc, PxAP and Peak IoU, and the
   held-out-threshold protocol;
-- :mod:`~scarce.localization.nwc`: negative weight clamping for every CAM method (TAP is
+- :mod:`~scarce.models.nwc`: negative weight clamping for every CAM method (TAP is
   ``ModelConfig(pooling="tap")``, PaS is ``CamConfig(normalize="percentile")``);
 - :mod:`~scarce.localization.datasets`: CUB-200-2011, ImageNet validation boxes, wsolevaluation metadata
   (OpenImages30k masks);

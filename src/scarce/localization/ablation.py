@@ -217,11 +217,5 @@ def _report(summary: dict[str, Any], path: Path) -> None:
     report.save(path)
 
 
-def ablation_config_from_dict(data: dict[str, Any]) -> AblationConfig:
-    from scarce.config import from_dict
-
-    return from_dict(AblationConfig, data)
-
-
 __all__ = ["AblationConfig", "VARIANTS", "Variant", "run_ablation", "summarize", "markdown_table",
-           "ablation_config_from_dict", "METRICS"]
+           "METRICS"]

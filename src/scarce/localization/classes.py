@@ -8,10 +8,9 @@ bird and the machine) gets its WordNet id appended, so every name is unique.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Sequence
 
-from scarce.errors import ConfigError, DataError
+from scarce.errors import ConfigError
 
 
 _WNID_SUFFIX = re.compile(r" \(n\d{8}\)$")
@@ -26,20 +25,6 @@ def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     names = [info.index_to_description(i) for i in range(info.num_classes())]
     repeated = {name for name in names if names.count(name) > 1}
     return tuple(f"{n} ({w})" if n in repeated else n for n, w in zip(names, ids)), ids
-
-
-def read_class_file(path: str | Path) -> tuple[str, ...]:
-    """One class name per line (blank lines ignored)."""
-    path = Path(path)
-    try:
-        names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except FileNotFoundError:
-        raise DataError(path, "class name file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"class name file is not UTF-8 text ({exc})") from None
-    if not names:
-        raise DataError(path, "class name file is empty")
-    return names
 
 
 def find_class(query: str, names: Sequence[str], ids: Sequence[str] = ()) -> int:

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scarce.data.base import IGNORE_INDEX, Box, Sample, WeakDataset, image_size, open_dataset, require_image
+from scarce.data.base import (
+    IGNORE_INDEX, Box, Sample, WeakDataset, image_size, open_dataset, read_class_names, require_image,
+)
 from scarce.errors import ConfigError, DataError
 from scarce.io import read_label_png
 
@@ -67,7 +69,9 @@ def load_cub(root: str | Path, split: str) -> WeakDataset:
     if split not in ("train", "test"):
         raise ConfigError(f"CUB-200-2011 has splits 'train' and 'test', not {split!r}")
     root = find_cub_root(root)
-    classes = _read_table(root / "classes.txt", 2)
+    classes = [line.split(None, 1) for line in read_class_names(root / "classes.txt")]
+    if any(len(row) < 2 for row in classes):
+        raise DataError(root / "classes.txt", "each line must be a class number and a name (`1 001.Black_footed_Albatross`)")
     number_to_index = {number: i for i, (number, _) in enumerate(classes)}
     names = tuple(name.split(".", 1)[1] if "." in name else name for _, name in classes)
     paths = dict(_read_table(root / "images.txt", 2))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from scarce.cams.store import load_cam
 from scarce.data.base import IGNORE_INDEX, WeakDataset
@@ -38,22 +39,23 @@ class WsolMetricsConfig:
 
 
 @torch.no_grad()
-def predicted_scores(model: CamModel, dataset: WeakDataset) -> dict[str, np.ndarray]:
+def predicted_scores(model: CamModel, dataset: WeakDataset, progress: bool = False) -> dict[str, np.ndarray]:
     """Classifier logits (C,) of every image of ``dataset``, keyed by stem (one image at a time: sizes may differ)."""
     model.eval()
     out = {}
-    for sample in dataset.samples:
+    for sample in tqdm(dataset.samples, desc=f"scores {dataset.split}", unit="image", disable=not progress, leave=False):
         image = to_tensor(dataset.load_image(sample), model.mean_std)[None]
         out[sample.stem] = model(image)[0].float().numpy()
     return out
 
 
 def evaluate_cam_folder(dataset: WeakDataset, cam_dir: str | Path, metrics: WsolMetricsConfig = WsolMetricsConfig(),
-                        scores: dict[str, np.ndarray] | None = None) -> WsolEvaluator:
+                        scores: dict[str, np.ndarray] | None = None, progress: bool = False) -> WsolEvaluator:
     """Feed every (image, class) map under ``cam_dir`` to a fresh evaluator; ``scores`` enable top-1 loc."""
     cam_dir = Path(cam_dir)
     evaluator = metrics.evaluator()
-    for sample in dataset.samples:
+    for sample in tqdm(dataset.samples, desc=f"WSOL metrics {dataset.split}", unit="image", disable=not progress,
+                       leave=False):
         if not sample.labels:
             continue
         cams, keys = load_cam(cam_dir / f"{sample.stem}.npz")

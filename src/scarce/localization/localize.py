@@ -3,7 +3,9 @@
 For each image: the classifier's top-k classes (or the classes asked for), one CAM per class, and boxes
 by the CAM paper's rule (binarise at ``threshold`` × the map's standard, box around the largest
 connected component; ``rule="all"`` boxes every component). NWC, PaS (``normalize="percentile"``) and
-every registered CAM method combine freely.
+every registered CAM method that needs no training data (:func:`localizable_methods`: not LPCAM, whose
+prototypes come from a training split, RIB, which fine-tunes against training images, nor ReCAM, whose
+head is trained with it) combine freely.
 
 The model is any timm classifier (``weights``: ``auto`` = the offline ImageNet weights of
 ``tf_efficientnet_lite0``, ``hub``, or a checkpoint path) or a scarce checkpoint (``model.pt`` written by
@@ -24,12 +26,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from scarce.cams import CamConfig, CamExtractor, build_cam_method
+from scarce.cams import CAM_METHODS, CamConfig, CamExtractor, CamMethod, build_cam_method
+from scarce.config import check_ranges
+from scarce.data.base import read_class_names
 from scarce.errors import ConfigError, DataError
 from scarce.io import read_image, write_json
 from scarce.localization.boxes import boxes_from_cam
-from scarce.localization.classes import find_class, imagenet_classes, read_class_file
+from scarce.localization.classes import find_class, imagenet_classes
 from scarce.models.nwc import with_nwc
 from scarce.localization.rle import rle_encode
 from scarce.models.classifier import CamModel, ModelConfig, TimmHeadClassifier, build_classifier
@@ -58,6 +63,9 @@ class LocalizeConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = True
     report_side: int = 320  # longer side of the report's images
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -102,7 +110,7 @@ def load_model(cfg: LocalizeConfig) -> LoadedModel:
     if weights not in (None, "auto", "hub", "none") and Path(str(weights)).is_file():
         state = load_checkpoint_state(weights)
         if _is_scarce_checkpoint(state):
-            raw = torch.load(weights, map_location="cpu", weights_only=False)
+            raw = torch.load(weights, map_location="cpu", weights_only=True)
             num_classes = int(state["classifier.weight"].shape[0])
             model = build_classifier(ModelConfig(backbone=cfg.model, pretrained=None), num_classes)
             try:
@@ -133,7 +141,7 @@ def _head_size(model_name: str, state: dict[str, torch.Tensor]) -> int | None:
 
 def _scarce_class_names(raw: object, cfg: LocalizeConfig, num_classes: int, path: Path) -> tuple[str, ...]:
     if cfg.class_names:
-        names = read_class_file(cfg.class_names)
+        names = read_class_names(cfg.class_names)
     else:
         stored = raw.get("fingerprint", {}).get("classes") if isinstance(raw, dict) else None
         names = tuple(stored) if stored else tuple(f"class_{i}" for i in range(num_classes))
@@ -144,7 +152,7 @@ def _scarce_class_names(raw: object, cfg: LocalizeConfig, num_classes: int, path
 
 def _timm_loaded(model: TimmHeadClassifier, cfg: LocalizeConfig) -> LoadedModel:
     if cfg.class_names:
-        names = read_class_file(cfg.class_names)
+        names = read_class_names(cfg.class_names)
         ids: tuple[str, ...] = ()
     elif model.num_classes == 1000:
         names, ids = imagenet_classes()
@@ -179,14 +187,24 @@ def _model_input(image: np.ndarray, cfg: LocalizeConfig, mean_std: tuple[tuple[f
     return tensor
 
 
+def localizable_methods() -> tuple[str, ...]:
+    """Registered CAM methods that work on a model alone: those that fit nothing on a training split
+    (``prepare``) and bind no head trained with the classifier (``bind``)."""
+    import scarce.methods  # noqa: F401  (registers the CAM method family)
+
+    return tuple(sorted(name for name, cls in CAM_METHODS.items()
+                        if getattr(cls, "prepare", None) is CamMethod.prepare and not hasattr(cls, "bind")))
+
+
 class Localizer:
     """Model, CAM method and settings, loaded once and applied to any number of images."""
 
     def __init__(self, cfg: LocalizeConfig, loaded: LoadedModel | None = None) -> None:
-        if cfg.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {cfg.top_k}")
-        if not 0 <= cfg.threshold < 1:
-            raise ConfigError(f"threshold must lie in [0, 1), got {cfg.threshold}")
+        usable = localizable_methods()
+        if cfg.method not in usable:
+            why = ("needs training data or a head trained with the classifier" if cfg.method in CAM_METHODS
+                   else "is not a registered CAM method")
+            raise ConfigError(f"CAM method {cfg.method!r} {why}; localize accepts {', '.join(usable)}")
         self.cfg = cfg
         self.loaded = loaded or load_model(cfg)
         self.fixed = [find_class(q, self.loaded.class_names, self.loaded.class_ids) for q in cfg.classes]
@@ -221,15 +239,16 @@ class Localizer:
 
 
 def localize(paths: Sequence[str | Path], cfg: LocalizeConfig = LocalizeConfig(),
-             on_error: Callable[[Path, DataError], None] | None = None
+             on_error: Callable[[Path, DataError], None] | None = None, progress: bool = False
              ) -> tuple[list[ImageResult], list[tuple[Path, str]], Localizer]:
-    """Localize every image of ``paths`` (folders expanded); unreadable files are skipped and reported.
+    """Localize every image of ``paths`` (folders expanded); unreadable files (missing, corrupt, or so
+    large that Pillow suspects a decompression bomb) are skipped and reported.
 
     Returns ``(results, skipped (path, reason), localizer)``.
     """
     localizer = Localizer(cfg)
     results, skipped = [], []
-    for path in expand_paths(paths):
+    for path in tqdm(expand_paths(paths), desc="localize", unit="image", disable=not progress, leave=False):
         try:
             results.append(localizer(path))
         except DataError as exc:
@@ -339,4 +358,4 @@ def write_outputs(results: list[ImageResult], skipped: list[tuple[Path, str]], l
 
 
 __all__ = ["LocalizeConfig", "Localizer", "LoadedModel", "Detection", "ImageResult", "load_model", "localize",
-           "coco_json", "write_report", "write_outputs", "expand_paths", "IMAGE_SUFFIXES"]
+           "coco_json", "write_report", "write_outputs", "expand_paths", "localizable_methods", "IMAGE_SUFFIXES"]

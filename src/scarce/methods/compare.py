@@ -70,7 +70,7 @@ class MethodRun(Run):
     def build_model(self, num_classes: int):
         model, objective = super().build_model(num_classes)
         if self.init_from is not None:
-            state = torch.load(self.init_from, map_location="cpu", weights_only=False)
+            state = torch.load(self.init_from, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
         return model, objective
 

@@ -84,7 +84,7 @@ class ErasingObjective(Objective):
             if not path.is_file():
                 raise ConfigError(f"erasing: ordinary classifier {path} not found (train the CAM run first)")
             clone = copy.deepcopy(model)
-            clone.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+            clone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
             self.set_ordinary(clone)
         return self._ordinary[0]
 

@@ -248,7 +248,7 @@ class LpCam(CamMethod):
         key = self._fingerprint(model)
         path = work_dir / "lpcam.pt"
         if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
             if saved.get("fingerprint") == key:
                 self.prototypes, self.stats = saved["prototypes"], saved.get("stats", {})
                 return

@@ -149,7 +149,7 @@ def train_classifier(
     if ckpt_path.exists():
         if not resume:
             raise ScarceError(f"{ckpt_path}: a checkpoint exists; pass --resume to continue it, or use another output folder")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if state["fingerprint"] != fingerprint:
             raise ScarceError(f"{ckpt_path}: checkpoint was made with another configuration; refusing to resume")
         model.load_state_dict(state["model"])
@@ -226,7 +226,7 @@ def load_trained(model: CamClassifier, path: str | Path, objective: Objective | 
     path = Path(path)
     if not path.is_file():
         raise ScarceError(f"{path}: trained model not found (run `scarce train` first)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     if objective is not None:
         objective.load_state_dict(state["objective"])
