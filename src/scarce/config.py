@@ -207,9 +207,9 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = (), values: bool = False) -> list[str]:
     """Dotted keys on which two configs (dataclasses, or their ``to_dict`` as stored in a checkpoint) differ,
-    those in ``ignore`` aside.
+    those in ``ignore`` aside; with ``values``, each as ``key: old → new``.
 
     Used to refuse mixing two configurations in one output folder: the stored config is read by today's
     code, so a field added since it was written counts only if it is set to something else.
@@ -220,7 +220,8 @@ def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> list[str]:
         return {prefix[:-1]: _plain(value)}
 
     before, after = (flat(c if isinstance(c, dict) else to_dict(c), "") for c in (old, new))
-    return sorted(key for key in before.keys() | after.keys() if key not in ignore and before.get(key) != after.get(key))
+    keys = sorted(key for key in before.keys() | after.keys() if key not in ignore and before.get(key) != after.get(key))
+    return [f"{key}: {before.get(key)!r} → {after.get(key)!r}" for key in keys] if values else keys
 
 
 def resolve(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

@@ -100,10 +100,13 @@ def test_imagenet_subset_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="missing from the train split") as err:
         load_imagenet_subset(root, root / "other.txt")
     assert err.value.path == root / "train" / "n09"
-    with pytest.raises(DataError, match="class-list file not found"):
+    with pytest.raises(DataError, match="class list not found"):
         load_imagenet_subset(root, root / "nope.txt")
     (root / "bad.txt").write_text("n01\nn01\n")
-    with pytest.raises(DataError, match="repeats"):
+    with pytest.raises(DataError, match="'n01' more than once"):
+        load_imagenet_subset(root, root / "bad.txt")
+    (root / "bad.txt").write_text("n01 one name\nn01 another\n")
+    with pytest.raises(DataError, match=r"repeats \['n01'\]"):
         load_imagenet_subset(root, root / "bad.txt")
     (root / "train" / "n02" / "n02_0.JPEG").write_bytes(b"garbage")
     data = load_imagenet_subset(root, image_size=8)

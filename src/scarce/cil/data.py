@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from scarce.data.base import read_class_names
 from scarce.errors import DataError
 
 FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
@@ -175,24 +176,14 @@ def load_cifar100(root: str | Path) -> CILData:
 
 def read_class_list(path: str | Path) -> list[tuple[str, str]]:
     """Class-list file: one class per line, ``wnid`` optionally followed by a readable name; ``#`` comments."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(path, "class-list file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot read class list ({exc})") from None
     out = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            wnid, _, name = line.partition(" ")
-            out.append((wnid, name.strip() or wnid))
-    if not out:
-        raise DataError(path, "class list is empty")
-    dup = sorted({w for w, _ in out if [x for x, _ in out].count(w) > 1})
-    if dup:
-        raise DataError(path, f"class list repeats {dup}")
+    for line in read_class_names(path, comment="#"):
+        wnid, _, name = line.partition(" ")
+        out.append((wnid, name.strip() or wnid))
+    wnids = [wnid for wnid, _ in out]
+    repeated = sorted({w for w in wnids if wnids.count(w) > 1})
+    if repeated:
+        raise DataError(path, f"class list repeats {repeated}")
     return out
 
 

@@ -34,7 +34,7 @@ from scarce.cil.methods import Learner, PhaseContext, build_learner
 from scarce.cil.metrics import AccuracyMatrix, compute_metrics, DEFINITIONS
 from scarce.cil.models import build_backbone
 from scarce.cil.protocol import Protocol, Scenario
-from scarce.config import to_dict
+from scarce.config import changed_keys, to_dict
 from scarce.errors import ConfigError, TrainingError
 from scarce.io import read_json, save_torch, write_json, write_text
 from scarce.provenance import environment
@@ -203,8 +203,8 @@ class Trainer:
             ) from None
         if state.get("version") != CHECKPOINT_VERSION:
             raise TrainingError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
-        if state["config"] != to_dict(self.cfg):
-            diff = _dict_diff(state["config"], to_dict(self.cfg))
+        diff = changed_keys(state["config"], self.cfg, values=True)
+        if diff:
             raise ConfigError(f"{path}: the checkpoint was made with a different configuration ({'; '.join(diff[:5])})")
         self.learner.load_state_dict(state["learner"])
         self.memory.load_state_dict(state["memory"])
@@ -383,15 +383,6 @@ def _yaml(cfg: CILConfig) -> str:
     from scarce.config import dump_yaml
 
     return dump_yaml(cfg)
-
-
-def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _dict_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} → {b!r}"]
 
 
 def run(cfg: CILConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
