@@ -21,6 +21,15 @@ class Objective(nn.Module):
 
     name = "base"
 
+    def parameter_groups(self, model: CamClassifier, head_lr_mult: float) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, multiple of the base learning rate) per optimiser group.
+
+        IRN's ``train_cam``: the backbone at the base rate, the classifier (and any module the objective adds)
+        at ``head_lr_mult`` × it. An objective whose paper groups its parameters otherwise overrides this.
+        """
+        backbone, head = model.parameter_groups()
+        return [(backbone, 1.0), (head + list(self.parameters()), head_lr_mult)]
+
     def forward(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor,
                 progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         """Return (loss, named parts for the log). ``progress`` ∈ [0, 1] is the fraction of training done."""
