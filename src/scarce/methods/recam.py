@@ -34,16 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scarce.cams.base import CamConfig, CamMethod, register_cam_method
+from scarce.cams.base import CamConfig, CamMethod, normalize_cams, register_cam_method
 from scarce.errors import ConfigError
 from scarce.models.classifier import CamClassifier, CamModel, class_maps
 from scarce.training.losses import Objective, register_objective
 
 
-def normalized_cams(model: CamModel, features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """relu(W · F) divided by each map's spatial max (+eps): (B, D, h, w) → (B, C, h, w), differentiable."""
-    cams = F.relu(model.class_maps(features))
-    return cams / (cams.amax(dim=(2, 3), keepdim=True) + eps)
+def normalized_cams(model: CamModel, features: torch.Tensor) -> torch.Tensor:
+    """relu(W · F) divided by each map's spatial max (+1e-5): (B, D, h, w) → (B, C, h, w), differentiable."""
+    return normalize_cams(F.relu(model.class_maps(features)), "max")
 
 
 def class_features(cams: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
