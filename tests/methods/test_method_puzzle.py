@@ -65,6 +65,6 @@ def test_objective_against_a_hand_computation(level):
     assert parts["alpha"] == 2.0
     assert parts["cls"] == pytest.approx(cls, rel=1e-5) and parts["p_cls"] == pytest.approx(p_cls, rel=1e-4)
     assert parts["re"] == pytest.approx(re, rel=1e-4)
-    assert float(loss) == pytest.approx(cls + p_cls + 2.0 * re, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(cls + p_cls + 2.0 * re, rel=1e-4)
     with pytest.raises(ConfigError, match="level"):
         PuzzleObjective(2, 1, level="logits")

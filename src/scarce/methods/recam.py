@@ -37,7 +37,7 @@ from torch import nn
 from scarce.cams.base import CamConfig, CamMethod, normalize_cams, register_cam_method
 from scarce.errors import ConfigError
 from scarce.models.classifier import CamClassifier, CamModel, class_maps
-from scarce.training.losses import Objective, register_objective
+from scarce.training.losses import Objective, ParamGroup, register_objective
 
 
 def normalized_cams(model: CamModel, features: torch.Tensor) -> torch.Tensor:
@@ -78,10 +78,10 @@ class ReCamObjective(Objective):
         # Zero start, like the spine's CAM head: the SCE starts at log C whatever the feature scale.
         nn.init.zeros_(self.head.weight)
 
-    def parameter_groups(self, model: CamClassifier, head_lr_mult: float) -> list[tuple[list[nn.Parameter], float]]:
+    def parameter_groups(self, model: CamClassifier, head_lr_mult: float) -> list[ParamGroup]:
         """ReCAM's groups: backbone and W_cls at the base rate (0.1 × ReCAM's), the re-activation head at × head_lr_mult."""
         backbone, classifier = model.parameter_groups()
-        return [(backbone + classifier, 1.0), (list(self.head.parameters()), head_lr_mult)]
+        return [ParamGroup(backbone + classifier), ParamGroup(list(self.head.parameters()), head_lr_mult)]
 
     def forward(self, model: CamModel, images: torch.Tensor, labels: torch.Tensor,
                 progress: float) -> tuple[torch.Tensor, dict[str, float]]:

@@ -95,8 +95,9 @@ def _config_fingerprint(cfg: TrainConfig, extra: dict) -> dict:
 
 def build_optimizer(model: CamClassifier, objective: Objective, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD over the objective's parameter groups (frozen parameters left out), each with its ``base_lr``."""
-    groups = [{"params": [p for p in params if p.requires_grad], "base_lr": cfg.lr * mult}
-              for params, mult in objective.parameter_groups(model, cfg.head_lr_mult)]
+    groups = [{"params": [p for p in group.params if p.requires_grad], "base_lr": cfg.lr * group.lr_mult,
+               "weight_decay": cfg.weight_decay if group.decay else 0.0}
+              for group in objective.parameter_groups(model, cfg.head_lr_mult)]
     momentum = 1e-4 if cfg.irn_momentum_quirk else cfg.momentum
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
 
