@@ -93,6 +93,11 @@ def test_explode_rule_on_the_flip_summed_map_from_the_second_step():
     kept = _rib(rib_iter=3, stop_th=1e9, explode_ratio=0.75)  # 3/4 is not more than 0.75
     kept(model, PAIR, [0])
     assert kept.steps_taken == [3]
+    # the first view alone would explode, the flip-summed map [[1, 2], [43, 4]] (1 pixel of 4 above 0.3) does not
+    lopsided = torch.cat([IMAGE, torch.tensor([[[[0.0, 0.0], [0.0, 40.0]]]])])
+    summed = _rib(rib_iter=3, stop_th=1e9, explode_ratio=0.7)
+    summed(model, lopsided, [0])
+    assert summed.steps_taken == [3]
 
 
 def test_one_fine_tuning_serves_all_scales(scenes_model, tiny_scenes, tmp_path):
