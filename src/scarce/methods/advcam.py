@@ -18,14 +18,15 @@ returned is the **sum** of R over the ``adv_iter`` steps (x⁰ … x^{T−1}). D
 
       R_v = relu(CAM_c,v) · P_v / (D⁺ · Σ_v P_v),
 
-  the scale being a constant for the gradient (hooked gradients carry no graph). For a ResNet-50 pair
-  (D⁺ ≈ 1000 of 2048) R ≈ relu(CAM)/2000: λ = 7 acts on a map three orders of magnitude smaller than the
+  the scale being a constant for the gradient (hooked gradients carry no graph). For a ResNet-50 pair with
+  about half of W_c's 2048 weights positive (D⁺ ≈ 1000, an assumption, not a measurement) R ≈ relu(CAM)/2000
+  (P_0 ≈ P_1): λ = 7 acts on a map three orders of magnitude smaller than the
   plain ReLU'd CAM scarce penalised before this was fixed (and summed). λ keeps its official meaning here;
   the balance of penalty and scores still depends on the backbone: the penalty sums over the h·w grid
   while the scores average over it, so their ratio goes as λ · h·w / (2 D⁺): ≈ 7 · 32·32 / 2000 ≈ 3.6 for
-  ResNet-50 on 512-px VOC crops, ≈ 7 · 8·8 / 1280 ≈ 0.35 for EfficientNet-Lite0 (1280 channels) on the
-  128-px scenes, i.e. a regulariser about ten times weaker against the scores there (not re-tuned: λ is
-  AdvCAM's).
+  ResNet-50 on 512-px VOC crops, ≈ 7 · 8·8 / 1280 ≈ 0.35 for EfficientNet-Lite0 (1280 channels, again half
+  assumed positive) on the 128-px scenes, i.e. a regulariser about ten times weaker against the scores
+  there (not re-tuned: λ is AdvCAM's).
 - **The scores y** (``logits: relu_cam``, the default): the mean over the grid of relu(CAM_k), AdvCAM's
   ``gap2d(relu(logits))``, not the classifier's logits (``logits: classifier``, a control; the paper's
   equation reads as either). A logit (mean of the raw map) also rises when negative context turns less

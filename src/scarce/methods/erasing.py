@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from scarce.errors import ConfigError
-from scarce.models.classifier import CamModel
+from scarce.models.classifier import CamClassifier, CamModel
 from scarce.training.losses import Objective, ParamGroup, register_objective
 
 MASK_NORMS = ("batch", "image")
@@ -96,7 +96,7 @@ class ErasingObjective(Objective):
             self.set_ordinary(clone)
         return self._ordinary[0]
 
-    def parameter_groups(self, model: CamModel, head_lr_mult: float) -> list[ParamGroup]:
+    def parameter_groups(self, model: CamClassifier, head_lr_mult: float) -> list[ParamGroup]:
         """OC-CSE's four groups: weights ×1 and ×head_lr_mult with decay, their biases ×2 of that without decay."""
         groups = []
         for params, mult in zip(model.parameter_groups(), (1.0, head_lr_mult)):
