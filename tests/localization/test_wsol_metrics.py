@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scarce.errors import ConfigError
+from scarce.localization.evaluate import WsolMetricsConfig
 from scarce.localization.metrics import (
     BoxAccuracy,
     PixelPrecisionRecall,
     WsolEvaluator,
     cam_threshold_grid,
     protocol_scores,
+    wsolevaluation_box,
+    wsolevaluation_mask,
+    wsolevaluation_scoremap,
 )
 
 
@@ -68,14 +73,46 @@ def test_any_ground_truth_box_counts():
     assert acc.compute()["accuracy"] == 1.0
 
 
-def test_box_accuracy_wsolevaluation_convention_counts_pixels_inclusively():
-    # a 2x2 component: the reference's box is (x, y, x+w, y+h) = 3x3 inclusive pixels; its GT box
-    # (1, 1, 3, 3) from metadata is 3x3 too → IoU 1. Under the exact convention, (1,1,3,3) is 2x2 → IoU 1.
+def test_box_conventions_differ_by_one_pixel_on_each_far_side():
+    # a 2x2 component at x, y in {1, 2} and a 3x3 ground-truth box (1, 1, 4, 4) (exclusive):
+    # exact: tight box 2x2 vs 3x3 → IoU 4/9 ≈ 0.444; wsolevaluation: (x, y, x+w, y+h) read inclusively is
+    # 3x3, the metadata box read inclusively is 4x4 → IoU 9/16 = 0.5625. Only the latter passes IoU 0.5.
     cam = square((8, 8), 1, 1, 3, 3)
-    for convention in ("wsolevaluation", "exact"):
-        acc = BoxAccuracy([0.5], (0.99,), convention=convention)
-        acc.update(cam, [(1, 1, 3, 3)])
-        assert acc.compute()["accuracy"] == 1.0
+    expected = {"exact": [1.0, 0.0, 0.0, 0.0, 0.0], "wsolevaluation": [1.0, 1.0, 1.0, 1.0, 0.0]}
+    for convention, hits in expected.items():
+        acc = BoxAccuracy([0.5], (0.44, 0.45, 0.5, 0.56, 0.57), convention=convention)
+        acc.update(cam, [(1, 1, 4, 4)])
+        assert acc.compute()["per_iou"] == dict(zip((0.44, 0.45, 0.5, 0.56, 0.57), hits)), convention
+
+
+def test_wsolevaluation_scoremap_is_resized_to_224_and_min_max_normalised():
+    # already 224 x 224: the resize is the identity and only normalize_scoremap acts, (v − 0.2) / (0.9 − 0.2)
+    cam = np.full((224, 224), 0.5)
+    cam[0, 0], cam[10, 20] = 0.2, 0.9
+    out = wsolevaluation_scoremap(cam)
+    assert out[0, 0] == 0.0 and out[10, 20] == 1.0 and out[5, 5] == pytest.approx(0.3 / 0.7, abs=1e-6)
+    assert wsolevaluation_scoremap(np.ones((7, 7))).shape == (224, 224)
+    assert not wsolevaluation_scoremap(np.full((5, 5), 0.3)).any()  # constant → zeros (normalize_scoremap)
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    raw = rng.random((30, 41)).astype(np.float32)
+    reference = cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)
+    reference = (reference - reference.min()) / (reference - reference.min()).max()
+    assert np.abs(wsolevaluation_scoremap(raw) - reference).max() < 1e-4
+
+
+def test_wsolevaluation_boxes_and_masks_follow_its_resize():
+    # resize_bbox: (10, 20, 99, 150) in a 100 x 200 (w x h) image → int(x · 224/100), int(y · 224/200)
+    assert wsolevaluation_box((10, 20, 99, 150), (100, 200)) == (22, 22, 221, 168)
+    mask = np.arange(12).reshape(3, 4)
+    resized = wsolevaluation_mask(mask)
+    assert resized.shape == (224, 224)
+    assert resized[0, 0] == 0 and resized[74, 55] == 0 and resized[75, 56] == 5 and resized[223, 223] == 11
+    cv2 = pytest.importorskip("cv2")
+    labels = np.random.default_rng(1).integers(0, 5, size=(37, 53)).astype(np.uint8)
+    assert np.array_equal(wsolevaluation_mask(labels), cv2.resize(labels, (224, 224), interpolation=cv2.INTER_NEAREST))
+    with pytest.raises(ConfigError, match="scoremap"):
+        WsolMetricsConfig(scoremap="cv2")
 
 
 def test_pxap_hand_case_and_sklearn():

@@ -77,12 +77,13 @@ def test_scale_controls_match_the_methods_they_control():
 
     controls = {p.stem: load_method_config(p) for p in (CONFIGS / "controls").glob("*.yaml")}
     base_scales = load_yaml(CONFIGS / "base.yaml")["cam"]["scales"]
-    for method in ("advcam", "rib"):
+    for method in ("advcam", "rib"):  # at CAM's scales by default; the reduced-scale runs are controls
         own = load_method_config(CONFIGS / f"{method}.yaml").run["cam"]
-        assert controls[f"cam_at_{method}_scales"].run == {"cam": {"scales": own["scales"]}}
-        at_cam = controls[f"{method}_at_cam_scales"].run["cam"]
-        assert at_cam["scales"] == base_scales != own["scales"]
-        assert {k: v for k, v in at_cam.items() if k != "scales"} == {k: v for k, v in own.items() if k != "scales"}
+        assert own["scales"] == base_scales
+        reduced = controls[f"{method}_reduced_scales"].run["cam"]
+        assert reduced["scales"] != base_scales and set(reduced["scales"]) < set(base_scales)
+        assert {k: v for k, v in reduced.items() if k != "scales"} == {k: v for k, v in own.items() if k != "scales"}
+        assert controls[f"cam_at_{method}_reduced_scales"].run == {"cam": {"scales": reduced["scales"]}}
     # the scores control changes only which scores AdvCAM climbs
     advcam = load_method_config(CONFIGS / "advcam.yaml").run
     assert advcam["cam"]["options"]["logits"] == "relu_cam"
@@ -97,22 +98,23 @@ def test_scale_controls_match_the_methods_they_control():
         assert own.start_from == "cam" and own.run["train"]["epochs"] == continued.run["train"]["epochs"]
     # OC-CSE at its paper's schedule changes only where E starts and for how long; its control trains as long
     erasing, paper = load_method_config(CONFIGS / "erasing.yaml"), controls["erasing_paper_schedule"]
-    assert (paper.start_from, paper.run["train"]) == ("imagenet", {"epochs": 15})
+    assert (paper.start_from, paper.run["train"]) == ("imagenet", {"epochs": 15, "weight_decay": 0.0005})
     assert paper.run == merge(erasing.run, {"train": {"epochs": 15}})
     longer = controls["cam_15_epochs"]
-    assert (longer.start_from, longer.run) == ("imagenet", {"train": {"epochs": 15}})
+    assert (longer.start_from, longer.run) == ("imagenet", {"train": paper.run["train"]})
 
 
 def test_scale_controls_run_on_a_tiny_benchmark(tmp_path):
     configs = [CONFIGS / "cam.yaml", *sorted((CONFIGS / "controls").glob("*.yaml"))]
-    cheap = {"advcam_at_cam_scales": ["cam.options.adv_iter=2"], "advcam_classifier_logits": ["cam.options.adv_iter=2"],
+    cheap = {"advcam_reduced_scales": ["cam.options.adv_iter=2"], "advcam_classifier_logits": ["cam.options.adv_iter=2"],
              "cam_continued": ["train.epochs=1"], "cam_15_epochs": ["train.epochs=2"],
              "erasing_paper_schedule": ["train.epochs=2"],
-             "rib_at_cam_scales": ["cam.options.rib_iter=2", "cam.options.rib_batch=2"]}
+             "rib_reduced_scales": ["cam.options.rib_iter=2", "cam.options.rib_batch=2"]}
     summary = compare(configs, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=TINY, method_overrides=cheap)
     rows = {row["method"]: row for row in summary["rows"]}
-    assert set(rows) == {"cam", "cam_at_advcam_scales", "cam_at_rib_scales", "advcam_at_cam_scales", "rib_at_cam_scales",
-                         "cam_continued", "advcam_classifier_logits", "cam_15_epochs", "erasing_paper_schedule"}
+    assert set(rows) == {"cam", "cam_at_advcam_reduced_scales", "cam_at_rib_reduced_scales", "advcam_reduced_scales",
+                         "rib_reduced_scales", "cam_continued", "advcam_classifier_logits", "cam_15_epochs",
+                         "erasing_paper_schedule"}
     for row in rows.values():
         assert 0.0 <= row["miou_mean"] <= 100.0
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scarce.cams import CamConfig, build_cam_method
+from scarce.cams import CamConfig, CamExtractor, build_cam_method
 from scarce.errors import ConfigError
 from scarce.methods.lpcam import LpCam, LpcamOptions, Reservoir, cosine_kmeans, select_prototypes
 
@@ -113,3 +113,29 @@ def test_lpcam_needs_prototypes_and_checks_options(tiny_model):
         build_cam_method(CamConfig(method="lpcam"))(tiny_model, torch.zeros(1, 3, 32, 32))
     with pytest.raises(ConfigError, match="unknown key"):
         build_cam_method(CamConfig(method="lpcam", options={"kk": 3}))
+
+
+def test_relu_only_for_classes_with_context_prototypes(tiny_model):
+    """make_lpcam: relu(class − context) when a class has context prototypes, the raw class similarity otherwise."""
+    torch.manual_seed(3)
+    dim = tiny_model.class_weights.shape[1]
+    fg, context = torch.randn(2, dim), torch.randn(1, dim)
+    method = build_cam_method(CamConfig(method="lpcam"))
+    method.prototypes = {"fg": fg, "fg_owner": torch.tensor([0, 1]), "context": context,
+                         "context_owner": torch.tensor([0]), "num_classes": torch.tensor(2)}
+    images = torch.randn(1, 3, 64, 64)
+    cfg = CamConfig(method="lpcam", scales=(1.0,), flip=False, normalize="none")
+    with torch.no_grad():
+        maps = CamExtractor(tiny_model, cfg, method)(images, [1, 0])
+        features = tiny_model.features(images)[0]
+    # the reference: one pixel at a time, torch's cosine_similarity, upsampled like the core
+    h, w = features.shape[-2:]
+    expected = torch.zeros(2, h, w)
+    for y in range(h):
+        for x in range(w):
+            f = features[:, y, x]
+            expected[0, y, x] = F.cosine_similarity(f, fg[1], dim=0)  # class 1: no context, no ReLU
+            expected[1, y, x] = max(0.0, float(F.cosine_similarity(f, fg[0], dim=0) - F.cosine_similarity(f, context[0], dim=0)))
+    expected = F.interpolate(expected[None], size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(maps, expected, atol=1e-5)
+    assert float(maps[0, 0].min()) < 0 and float(maps[0, 1].min()) >= 0  # the case distinguishes the two

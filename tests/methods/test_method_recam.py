@@ -10,6 +10,7 @@ from scarce.cams import CamConfig, CamExtractor, build_cam_method
 from scarce.errors import ConfigError
 from scarce.methods.recam import ReCam, ReCamObjective, class_features, normalized_cams, positive_softmax_ce
 from scarce.training.losses import MultiLabelObjective, build_objective
+from scarce.training.trainer import TrainConfig, _freeze_batchnorm, build_optimizer
 
 
 def test_pooled_class_features_equal_the_explicit_sum():
@@ -31,12 +32,31 @@ def test_normalized_cams_are_relu_over_max(tiny_model):
     assert torch.allclose(normalized_cams(tiny_model, features), expected, atol=1e-6)
 
 
-def test_softmax_ce_averages_per_image_then_over_images():
-    logits = torch.randn(2, 3, 3)
-    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+def test_softmax_ce_averages_per_image_then_divides_by_the_batch_size():
+    logits = torch.randn(3, 3, 3)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     image0 = (F.cross_entropy(logits[0, 0:1], torch.tensor([0])) + F.cross_entropy(logits[0, 2:3], torch.tensor([2]))) / 2
     image1 = F.cross_entropy(logits[1, 1:2], torch.tensor([1]))
-    assert torch.isclose(positive_softmax_ce(logits, labels), (image0 + image1) / 2)
+    # ReCAM's Class_Predictor: loss / batch_size, the label-free third image counting in the batch
+    assert torch.isclose(positive_softmax_ce(logits, labels), (image0 + image1) / 3)
+
+
+def test_optimizer_groups_are_recams(tiny_model):
+    """train_recam.py: backbone and W_cls at 0.1 x recam_learning_rate, only the new head at the full rate."""
+    _freeze_batchnorm(tiny_model)
+    cfg = TrainConfig(lr=5e-5, head_lr_mult=10.0)
+    recam = ReCamObjective(4, tiny_model.class_weights.shape[1])
+    rates = {id(p): group["base_lr"] for group in build_optimizer(tiny_model, recam, cfg).param_groups
+             for p in group["params"]}
+    trainable = [p for p in tiny_model.backbone.parameters() if p.requires_grad]
+    assert trainable and all(rates[id(p)] == 5e-5 for p in trainable)
+    assert rates[id(tiny_model.classifier.weight)] == 5e-5  # W_cls with the backbone, not with the head
+    assert rates[id(recam.head.weight)] == pytest.approx(5e-4)
+    assert len(rates) == len(trainable) + 2  # every trainable parameter once, frozen BatchNorm left out
+    # the CAM objective keeps IRN's grouping: its classifier at 10x
+    cam_rates = {id(p): group["base_lr"] for group in build_optimizer(tiny_model, MultiLabelObjective(), cfg).param_groups
+                 for p in group["params"]}
+    assert cam_rates[id(tiny_model.classifier.weight)] == pytest.approx(5e-4)
 
 
 def test_objective_trains_the_head_and_the_backbone(tiny_model):

@@ -1,13 +1,14 @@
-"""RIB: GNDP pooling, the backbone split, and per-image fine-tuning that leaves the model untouched."""
+"""RIB: GNDP pooling, the backbone split, the fine-tuning loop and both early-stop rules by hand, one tuning for all scales."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scarce.cams import CamConfig, build_cam_method
+from scarce.cams import CamConfig, CamExtractor, build_cam_method
 from scarce.errors import ConfigError
-from scarce.methods.rib import Rib, RibOptions, gndp, split_features
+from scarce.methods.rib import Rib, RibOptions, gndp, loss_views, split_features, stop_value
+from scarce.models.classifier import CamModel
 
 
 def test_gndp_pools_the_non_discriminative_region():
@@ -25,28 +26,93 @@ def test_last_block_split_reproduces_the_features(tiny_model):
         assert torch.allclose(run_tail(tail, prefix(x)), tiny_model.features(x), atol=1e-6)
 
 
-def test_fine_tuning_is_per_image_and_leaves_the_model_untouched(scenes_model, tiny_scenes, tmp_path):
-    tiny_model = scenes_model
+class PixelHead(CamModel):
+    """A parameter-free backbone (features = the 1-channel image) under a 2-class head W = (1, 1): RIB then only
+    tunes W, and every logit, gradient and step is hand-computable."""
+
+    num_classes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Identity()
+        self.weight = torch.nn.Parameter(torch.ones(2, 1))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        return self.weight
+
+
+IMAGE = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+PAIR = torch.cat([IMAGE, IMAGE.flip(-1)])  # the core's [image; flip(image)]
+
+
+def _rib(**options) -> Rib:
+    settings = {"rib_iter": 2, "rib_lr": 0.1, "head_lr_mult": 10.0, "weight_decay": 0.0, "rib_batch": 1,
+                "tune": "all", **options}
+    method = Rib(CamConfig(method="rib", batch_size=1, scales=(1.0,)), RibOptions(**settings))
+    # one disjoint image [[4, 1], [1, 1]] of class 1: its GNDP leaves out the 4 (≥ 0.4 · max) → W_1 · 3/4
+    method.pool_inputs, method.pool_labels = torch.tensor([[[[4.0, 1.0], [1.0, 1.0]]]]), torch.tensor([[0.0, 1.0]])
+    return method
+
+
+def test_fine_tuning_loop_against_a_hand_computation():
+    # target class 0: in each view only the pixel 1 is below 0.4 · max, so GNDP_0 = W_0 · 1/4 per view;
+    # L = −2 · W_0/4 − 3/4 · W_1 → gradients (−1/2, −3/4); head lr 0.1 · 10 = 1 at step 0 (poly factor 1)
+    model = PixelHead()
+    method = _rib(stop_th=1e9, explode_ratio=1.0)
+    maps = method(model, PAIR, [0])
+    assert method.steps_taken == [2]
+    # maps of step 0 (W_0 = 1) and step 1 (W_0 = 1 + 1/2) are summed, per view
+    assert torch.allclose(maps[:, 0], 2.5 * PAIR[:, 0])
+    assert torch.equal(model.weight, torch.ones(2, 1))  # the model itself never moves
+    decayed = _rib(stop_th=1e9, explode_ratio=1.0, weight_decay=0.1)(model, PAIR, [0])
+    assert torch.allclose(decayed[:, 0], (1 + (1 + 0.5 - 0.1)) * PAIR[:, 0])  # W_0 ← 1 − (−1/2 + 0.1 · 1)
+
+
+def test_stop_rule_on_the_target_logits_of_the_loss_views():
+    # step 0's target logits: 1/4 in each of the 2 views = 1/2, i.e. 1.5 on RIB's 6-row scale
+    model = PixelHead()
+    stopped, going = _rib(stop_th=1.4, explode_ratio=1.0), _rib(stop_th=1.6, explode_ratio=1.0)
+    assert torch.allclose(stopped(model, PAIR, [0])[:, 0], PAIR[:, 0]) and stopped.steps_taken == [1]
+    going(model, PAIR, [0])
+    assert going.steps_taken == [2]
+    assert loss_views((1.0, 0.5, 1.5, 2.0)) == [0, 2, 3] and loss_views((0.5,)) == [0]  # RIB drops its 0.5 scale
+    assert stop_value(-100.0, 6) == 100.0 and stop_value(50.0, 2) == 150.0
+
+
+def test_explode_rule_on_the_flip_summed_map_from_the_second_step():
+    # normalised flip-summed map [[.25, .5], [.75, 1]]: 3 of 4 pixels exceed 0.3
+    model = PixelHead()
+    exploded = _rib(rib_iter=5, stop_th=1e9, explode_ratio=0.7)
+    maps = exploded(model, PAIR, [0])
+    assert exploded.steps_taken == [2]  # checked from step 1 on, after that step's map was added
+    assert torch.allclose(maps[:, 0], 2.5 * PAIR[:, 0])
+    kept = _rib(rib_iter=3, stop_th=1e9, explode_ratio=0.75)  # 3/4 is not more than 0.75
+    kept(model, PAIR, [0])
+    assert kept.steps_taken == [3]
+    # the first view alone would explode, the flip-summed map [[1, 2], [43, 4]] (1 pixel of 4 above 0.3) does not
+    lopsided = torch.cat([IMAGE, torch.tensor([[[[0.0, 0.0], [0.0, 40.0]]]])])
+    summed = _rib(rib_iter=3, stop_th=1e9, explode_ratio=0.7)
+    summed(model, lopsided, [0])
+    assert summed.steps_taken == [3]
+
+
+def test_one_fine_tuning_serves_all_scales(scenes_model, tiny_scenes, tmp_path):
     from scarce.data.base import open_dataset
 
     train = open_dataset("scenes", tiny_scenes, "train")
-    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    images = torch.randn(2, 3, 64, 64)  # an image and its flip, as the core passes them
-    first = Rib(CamConfig(method="rib", batch_size=1), RibOptions(rib_iter=1, rib_batch=2))
-    first.prepare(tiny_model, train, tmp_path)
-    with torch.enable_grad():
-        one = first(tiny_model, images, [1])
-    with torch.no_grad():
-        plain = torch.einsum("cd,bdhw->bchw", tiny_model.class_weights[[1]], tiny_model.features(images)).clamp_min(0)
-    assert torch.allclose(one, plain, atol=1e-5)  # step 0's map precedes any update
-    tuned = Rib(CamConfig(method="rib", batch_size=1), RibOptions(rib_iter=3, rib_batch=2, rib_lr=1e-2,
-                                                                  explode_ratio=1.0))
-    tuned.prepare(tiny_model, train, tmp_path)
-    with torch.enable_grad():
-        summed = tuned(tiny_model, images, [1])
-    assert tuned.steps_taken == [3]
-    assert summed.shape == plain.shape and not torch.allclose(summed, 3 * plain)  # the later steps differ
-    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    before = {k: v.clone() for k, v in scenes_model.state_dict().items()}
+    cfg = CamConfig(method="rib", batch_size=1, scales=(1.0, 0.5), options={"rib_iter": 3, "rib_batch": 2,
+                                                                           "rib_lr": 1e-2, "explode_ratio": 1.0})
+    method = build_cam_method(cfg)
+    method.prepare(scenes_model, train, tmp_path)
+    image = torch.randn(1, 3, 64, 64)
+    cams = CamExtractor(scenes_model, cfg, method)(image, [1])
+    assert method.steps_taken == [3] and cams.shape == (1, 1, 64, 64)  # one fine-tuning, not one per scale
+    assert all(torch.equal(v, scenes_model.state_dict()[k]) for k, v in before.items())
 
 
 def test_rib_needs_one_image_per_call():

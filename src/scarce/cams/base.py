@@ -40,7 +40,8 @@ class CamConfig:
 class CamMethod:
     """Raw (pre-ReLU) class maps of a batch at one scale: images (B, 3, h, w) → (B, K, h', w').
 
-    ``classes`` restricts the maps to those class indices (in that order); None means all classes.
+    ``classes`` restricts the maps to those class indices (in that order); None means all classes. With
+    ``cfg.flip`` the batch holds the images followed by their mirror images (the core's [x; flip(x)]).
     """
 
     name = "base"
@@ -51,6 +52,18 @@ class CamMethod:
 
     def __call__(self, model: CamModel, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def views(self, model: CamModel, views: Sequence[torch.Tensor], scales: Sequence[float],
+              classes: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Raw maps of every scale's batch (``views[i]`` at ``scales[i]``); one call per scale by default.
+
+        A method whose work couples the scales (RIB fine-tunes once on all of them) overrides this.
+        """
+        return [self(model, view, classes) for view in views]
+
+    def rectify(self, maps: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        """The ReLU the core applies to each view's maps before summing; LPCAM skips it for some classes."""
+        return F.relu(maps)
 
     def prepare(self, model: CamModel, train_set: "WeakDataset", work_dir: Path) -> None:
         """Fit whatever the method learns from the training split (e.g. LPCAM's prototypes); default: nothing."""
@@ -79,22 +92,23 @@ def build_cam_method(cfg: CamConfig) -> CamMethod:
 def multiscale_cams(model: CamModel, images: torch.Tensor, method: CamMethod, scales: Sequence[float],
                     flip: bool = True, classes: Sequence[int] | None = None) -> torch.Tensor:
     """Summed multi-scale (+flip) ReLU'd maps at the input size: (B, 3, H, W) → (B, K, H, W)."""
+    if not scales:
+        raise ConfigError("cam.scales is empty: at least one scale is needed")
     size = images.shape[-2:]
-    total: torch.Tensor | None = None
+    views = []
     for scale in scales:
         x = images if scale == 1.0 else F.interpolate(
             images, size=(round(size[0] * scale), round(size[1] * scale)), mode="bilinear", align_corners=False)
-        if flip:
-            x = torch.cat([x, x.flip(-1)])
-        with torch.set_grad_enabled(method.needs_grad):
-            maps = method(model, x, classes)
-        maps = F.relu(maps.detach())
+        views.append(torch.cat([x, x.flip(-1)]) if flip else x)
+    with torch.set_grad_enabled(method.needs_grad):
+        raw = method.views(model, views, scales, classes)
+    total = torch.zeros(())
+    for maps in raw:
+        maps = method.rectify(maps.detach(), classes)
         if flip:
             half = len(images)
             maps = maps[:half] + maps[half:].flip(-1)
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        total = maps if total is None else total + maps
-    assert total is not None, "at least one scale is needed"
+        total = total + F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     return total
 
 

@@ -1,4 +1,4 @@
-"""CAM (Zhou et al., CVPR'16): M_c = Σ_d W[c, d] · F_d, all classes in one einsum."""
+"""CAM (Zhou et al., CVPR'16): M_c = Σ_d W[c, d] · F_d, all classes at once (``class_maps``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from scarce.cams.base import CamMethod, register_cam_method
-from scarce.models.classifier import CamModel
+from scarce.models.classifier import CamModel, class_maps
 
 
 @register_cam_method("cam")
@@ -18,4 +18,4 @@ class ClassActivationMap(CamMethod):
             weights = weights.clamp_min(0.0)
         if classes is not None:
             weights = weights[list(classes)]
-        return torch.einsum("cd,bdhw->bchw", weights, model.features(images))
+        return class_maps(weights, model.features(images))

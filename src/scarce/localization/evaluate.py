@@ -21,18 +21,39 @@ from tqdm.auto import tqdm
 
 from scarce.cams.store import load_cam
 from scarce.data.base import IGNORE_INDEX, WeakDataset
-from scarce.localization.metrics import V2_IOU, WsolEvaluator
+from scarce.errors import ConfigError
+from scarce.localization.metrics import (
+    V2_IOU,
+    WsolEvaluator,
+    wsolevaluation_box,
+    wsolevaluation_mask,
+    wsolevaluation_scoremap,
+)
 from scarce.models.classifier import CamModel
 from scarce.training import to_tensor
 
 
+SCOREMAPS = ("native", "wsolevaluation")
+
+
 @dataclass(frozen=True)
 class WsolMetricsConfig:
-    """Settings of the WSOL evaluators (see :mod:`scarce.localization.metrics`)."""
+    """Settings of the WSOL evaluators (see :mod:`scarce.localization.metrics`).
+
+    ``scoremap``: ``native`` scores each stored map at the image's own size as stored (max-normalised by the
+    CAM core); ``wsolevaluation`` first does what clovaai/wsolevaluation does to a map: resize to 224×224
+    (bicubic) and min-max normalise, with the ground-truth boxes resized (truncated corners) and the label
+    map resized (nearest) to 224×224 as well. ``convention`` (how boxes are read off a map) is separate.
+    """
 
     interval: float = 0.01
     iou_thresholds: tuple[float, ...] = V2_IOU
     convention: str = "wsolevaluation"
+    scoremap: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.scoremap not in SCOREMAPS:
+            raise ConfigError(f"WSOL metrics: scoremap must be one of {', '.join(SCOREMAPS)}, got {self.scoremap!r}")
 
     def evaluator(self) -> WsolEvaluator:
         return WsolEvaluator(self.interval, self.iou_thresholds, self.convention)
@@ -68,6 +89,12 @@ def evaluate_cam_folder(dataset: WeakDataset, cam_dir: str | Path, metrics: Wsol
             foreground = ignore = None
             if mask is not None:
                 foreground, ignore = mask == key + 1, mask == IGNORE_INDEX
-            evaluator.update(np.asarray(cam, dtype=np.float64), boxes or None, foreground, ignore,
-                             None if top is None else key in top)
+            scoremap = np.asarray(cam, dtype=np.float64)
+            if metrics.scoremap == "wsolevaluation":  # stored maps are at the image's size
+                size = (scoremap.shape[1], scoremap.shape[0])
+                scoremap = wsolevaluation_scoremap(scoremap)
+                boxes = [wsolevaluation_box(box, size) for box in boxes]
+                if mask is not None:
+                    foreground, ignore = wsolevaluation_mask(foreground), wsolevaluation_mask(ignore)
+            evaluator.update(scoremap, boxes or None, foreground, ignore, None if top is None else key in top)
     return evaluator

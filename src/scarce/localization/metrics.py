@@ -19,8 +19,17 @@ All scores are fractions in [0, 1] (wsolevaluation prints percentages).
   pixels (O(#bins) memory), precision/recall from their cumulative sums from the top bin down, and
   AP = Σ precision·Δrecall (wsolevaluation's ``MaskEvaluator``: bins ``[τ_k, τ_k+1)`` of the score-map
   thresholds plus ``[1, 2)`` and ``[2, 3]``; a pixel is predicted foreground at τ when its score ≥ τ).
-- **Peak IoU**: the foreground IoU ``TP / (TP + FP + FN)`` over the whole split at each threshold of the
-  same grid, from the same histograms; peak = best threshold (Bae et al.'s LID'20 table).
+- **Peak IoU**: ``max_τ IoU(τ)``, ``IoU(τ) = TP(τ) / (TP(τ) + FP(τ) + FN(τ))`` with TP(τ) the ground-truth
+  foreground pixels scoring ≥ τ, FP(τ) the background pixels scoring ≥ τ and FN(τ) the foreground pixels
+  scoring < τ, each counted over the whole split (pooled pixels, not a mean of per-image IoUs), ignore
+  pixels left out, τ on the same grid; from the same histograms as PxAP. The peak is the test split's best
+  τ (an oracle); under the protocol τ is chosen on the held-out split. Not in wsolevaluation (Bae et al.'s
+  LID'20 table reports it).
+
+Maps are scored as given (scarce stores them at the image's own size, max-normalised); the score maps of
+wsolevaluation are first resized to 224×224 and min-max normalised: :func:`wsolevaluation_scoremap`,
+:func:`wsolevaluation_box` and :func:`wsolevaluation_mask` do that (``scoremap: wsolevaluation`` in
+:class:`scarce.localization.evaluate.WsolMetricsConfig`).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from scarce.localization.boxes import (
     CONVENTIONS,
@@ -37,6 +48,45 @@ from scarce.localization.boxes import (
     gt_boxes_for,
     threshold_boxes,
 )
+
+WSOLEVALUATION_SIZE = 224  # wsolevaluation's _RESIZE_LENGTH
+
+
+def wsolevaluation_scoremap(cam: np.ndarray, size: int = WSOLEVALUATION_SIZE) -> np.ndarray:
+    """A map as wsolevaluation scores it: resized to size×size, then its ``normalize_scoremap``.
+
+    The resize is bicubic with ``cv2.INTER_CUBIC``'s kernel (a = −0.75, half-pixel centres, replicated
+    border), computed with torch; min-max normalisation to [0, 1], all zeros for a constant or NaN map.
+    Departure: a map left constant up to the float32 rounding of the resize (range ≤ 1e-6 of its magnitude)
+    counts as constant; the reference compares min == max after ``cv2.resize``, which is off by an ulp on a
+    constant map, and so stretches that rounding noise over [0, 1].
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2:
+        raise ValueError(f"a score map must be 2-D, got shape {cam.shape}")
+    resized = F.interpolate(torch.from_numpy(cam)[None, None], size=(size, size), mode="bicubic",
+                            align_corners=False)[0, 0].double().numpy()
+    if np.isnan(resized).any() or np.ptp(resized) <= 1e-6 * max(1.0, float(np.abs(resized).max())):
+        return np.zeros_like(resized)
+    resized -= resized.min()
+    return resized / resized.max()
+
+
+def wsolevaluation_box(box: Sequence[float], image_size: tuple[int, int],
+                       size: int = WSOLEVALUATION_SIZE) -> tuple[int, int, int, int]:
+    """wsolevaluation's ``resize_bbox``: each corner scaled from ``image_size`` (width, height) and truncated."""
+    width, height = image_size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return int(x0 * size / width), int(y0 * size / height), int(x1 * size / width), int(y1 * size / height)
+
+
+def wsolevaluation_mask(mask: np.ndarray, size: int = WSOLEVALUATION_SIZE) -> np.ndarray:
+    """``cv2.resize(mask, (size, size), INTER_NEAREST)``: output pixel i reads source pixel floor(i · H / size)."""
+    mask = np.asarray(mask)
+    rows = np.floor(np.arange(size) * mask.shape[0] / size).astype(np.int64)
+    cols = np.floor(np.arange(size) * mask.shape[1] / size).astype(np.int64)
+    return mask[rows][:, cols]
+
 
 DEFAULT_INTERVAL = 0.01  # wsolevaluation's evaluation CLI; its training config uses 0.001
 V1_IOU = (0.5,)

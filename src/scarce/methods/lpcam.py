@@ -16,9 +16,13 @@ A CAM method with state learned from the training split (``prepare``):
    ``context_thres_low`` (0.05) < p_c < ``context_thres`` (0.9) are context prototypes. When no foreground
    centre passes, the one with the highest p_c is kept so that every seen class has a prototype.
 
-Inference: ``LPCAM_c(x) = mean_k cos(F(x), P_k) − mean_j cos(F(x), Q_j)`` (ReLU'd by the core), computed for
-all prototypes with one normalised matmul, then the shared multi-scale/flip/normalisation core. (LPCAM sums
-the features of the flipped pair before the cosine; here, like every method, the maps of the pair are summed.)
+Inference: ``LPCAM_c(x) = relu(mean_k cos(F(x), P_k) − mean_j cos(F(x), Q_j))`` for a class with context
+prototypes, and ``mean_k cos(F(x), P_k)`` **without** the ReLU for a class without any (as LPCAM's
+``make_lpcam``, whose ReLU sits inside ``if context_feature.shape[0] > 0``; :meth:`LpCam.rectify` tells the
+core so). Similarities to all prototypes come from one normalised matmul, then the shared
+multi-scale/flip/normalisation core. (LPCAM sums the features of the flipped pair before the cosine; here,
+like every method, the maps of the pair are summed. LPCAM averages the scales where the core sums them,
+which the max-normalisation makes the same.)
 
 The foreground/context split uses the scale-1 CAM of the very forward pass that yields the features (LPCAM
 uses the multi-scale IRN CAM resized to the feature grid), which saves a multi-scale pass over the split.
@@ -39,7 +43,7 @@ import torch.nn.functional as F
 from scarce.cams.base import CamConfig, CamMethod, register_cam_method
 from scarce.config import from_dict
 from scarce.errors import ConfigError
-from scarce.models.classifier import CamModel
+from scarce.models.classifier import CamModel, class_maps
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,7 @@ class LpCam(CamMethod):
         with torch.no_grad():
             for samples, images in _image_batches(dataset, opts.batch_size, model.mean_std):
                 features = model.features(images)
-                cams = F.relu(torch.einsum("cd,bdhw->bchw", weights, features))
+                cams = F.relu(class_maps(weights, features))
                 cams = cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
                 for b, sample in enumerate(samples):
                     pixels = features[b].flatten(1).T  # (h·w, D)
@@ -282,7 +286,16 @@ class LpCam(CamMethod):
         for kind, sign in (("fg", 1.0), ("context", -1.0)):
             if len(protos[kind]) == 0:
                 continue
-            similarity = torch.einsum("kd,bdhw->bkhw", F.normalize(protos[kind], dim=1).to(features), features)
-            average = self.averaging(protos[f"{kind}_owner"], num_classes)[picked].to(features)
-            maps = maps + sign * torch.einsum("ck,bkhw->bchw", average, similarity)
+            similarity = class_maps(F.normalize(protos[kind], dim=1), features)
+            average = self.averaging(protos[f"{kind}_owner"], num_classes)[picked]
+            maps = maps + sign * class_maps(average, similarity)
         return maps
+
+    def rectify(self, maps: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        """ReLU only the maps of classes that have context prototypes (LPCAM's ``make_lpcam``)."""
+        if self.prototypes is None:
+            raise ConfigError("CAM method 'lpcam' has no prototypes: call prepare(model, train_set, work_dir) first")
+        num_classes = int(self.prototypes["num_classes"])
+        has_context = torch.bincount(self.prototypes["context_owner"], minlength=num_classes) > 0
+        picked = list(range(num_classes)) if classes is None else list(classes)
+        return torch.where(has_context[picked][None, :, None, None], F.relu(maps), maps)

@@ -8,8 +8,16 @@ GT-positive class k of an image gets a *class feature*
 and a second, bias-free linear classifier (the re-activation head, C × D) classifies f_k with **softmax
 cross-entropy** against label k. Loss = BCE + λ · SCE (λ = ``loss_weight``, 1.0 on VOC, 0.1 on COCO).
 The class features of all classes come from one ``einsum('bchw,bdhw->bcd')``: a B×C×D tensor, never
-ReCAM's B×C×D×H×W product. As in ReCAM, the SCE term is averaged over each image's positive classes and
-then over the batch.
+ReCAM's B×C×D×H×W product. As in ReCAM's ``Class_Predictor``, the SCE term is averaged over each image's
+positive classes, summed over images and divided by the batch size (an image without a positive class
+adds 0 and still counts in the batch).
+
+Learning rates (``train_recam.py``): the backbone **and the original classifier W_cls** train at 0.1 × the
+ReCAM rate, only the new head at the ReCAM rate (``recam_learning_rate`` 5e-4), weight decay 1e-4 for all,
+poly decay over 4 epochs. With the trainer's ``lr`` = 5e-5 and ``head_lr_mult`` = 10
+(``configs/methods/recam.yaml``), :meth:`ReCamObjective.parameter_groups` gives exactly these rates. (Before
+this was fixed, W_cls sat in the 10× group with the head.) One departure: the head starts at zero, where
+ReCAM's ``nn.Conv2d`` starts at PyTorch's default init (see ``ReCamObjective.__init__``).
 
 Inference (CAM method ``recam``): the CAM with the element-wise product of the two classifiers' weights,
 ``M_c = Σ_d (W_recam ⊙ W_cls)[c, d] · F_d``, then the shared multi-scale/flip/normalisation core.
@@ -26,16 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scarce.cams.base import CamConfig, CamMethod, register_cam_method
+from scarce.cams.base import CamConfig, CamMethod, normalize_cams, register_cam_method
 from scarce.errors import ConfigError
-from scarce.models.classifier import CamModel
-from scarce.training.losses import Objective, register_objective
+from scarce.models.classifier import CamClassifier, CamModel, class_maps
+from scarce.training.losses import Objective, ParamGroup, register_objective
 
 
-def normalized_cams(model: CamModel, features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """relu(W · F) divided by each map's spatial max (+eps): (B, D, h, w) → (B, C, h, w), differentiable."""
-    cams = F.relu(model.class_maps(features))
-    return cams / (cams.amax(dim=(2, 3), keepdim=True) + eps)
+def normalized_cams(model: CamModel, features: torch.Tensor) -> torch.Tensor:
+    """relu(W · F) divided by each map's spatial max (+1e-5): (B, D, h, w) → (B, C, h, w), differentiable."""
+    return normalize_cams(F.relu(model.class_maps(features)), "max")
 
 
 def class_features(cams: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -45,18 +52,17 @@ def class_features(cams: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
 
 def positive_softmax_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Softmax CE of the class features of each image's positive classes, averaged per image then over images.
+    """Softmax CE of the class features of each image's positive classes: mean per image, summed, divided by B.
 
     ``logits``: (B, C, C), row ``[b, k]`` = the head's scores of f_k of image b; ``labels``: (B, C) multi-hot.
-    Images without a positive class do not count.
+    An image without a positive class adds nothing but counts in B (ReCAM's ``loss / batch_size``).
     """
     batch, class_index = labels.nonzero(as_tuple=True)
     if batch.numel() == 0:
         return logits.sum() * 0.0
     per_pair = F.cross_entropy(logits[batch, class_index], class_index, reduction="none")
-    positives = labels.sum(dim=1)
-    weights = 1.0 / positives[batch]
-    return (per_pair * weights).sum() / (positives > 0).sum()
+    weights = 1.0 / labels.sum(dim=1)[batch]
+    return (per_pair * weights).sum() / len(labels)
 
 
 @register_objective("recam")
@@ -71,6 +77,11 @@ class ReCamObjective(Objective):
         self.head = nn.Linear(feature_dim, num_classes, bias=False)  # ReCAM's Class_Predictor (1×1 conv, no bias)
         # Zero start, like the spine's CAM head: the SCE starts at log C whatever the feature scale.
         nn.init.zeros_(self.head.weight)
+
+    def parameter_groups(self, model: CamClassifier, head_lr_mult: float) -> list[ParamGroup]:
+        """ReCAM's groups: backbone and W_cls at the base rate (0.1 × ReCAM's), the re-activation head at × head_lr_mult."""
+        backbone, classifier = model.parameter_groups()
+        return [ParamGroup(backbone + classifier), ParamGroup(list(self.head.parameters()), head_lr_mult)]
 
     def forward(self, model: CamModel, images: torch.Tensor, labels: torch.Tensor,
                 progress: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -111,4 +122,4 @@ class ReCam(CamMethod):
         weights = self.combined_weights(model)
         if classes is not None:
             weights = weights[list(classes)]
-        return torch.einsum("cd,bdhw->bchw", weights, model.features(images))
+        return class_maps(weights, model.features(images))

@@ -4,26 +4,45 @@ CAM method ``rib``: per-image fine-tuning of the trained classifier, then the CA
 are summed. For one image with classes K, starting each time from the trained weights, ``rib_iter`` (10)
 SGD steps (poly decay; backbone lr ``rib_lr`` = 8e-6, classifier 10×, weight decay 1e-4) minimise
 
-    L = − Σ_{k∈K} GNDP_k(target views) − Σ_b Σ_{k∈y_b} GNDP_k(disjoint image b),
+    L = − Σ_{views} Σ_{k∈K} GNDP_k(view) − Σ_b Σ_{k∈y_b} GNDP_k(disjoint image b),
 
-a **raw logit** loss (no sigmoid, the bottleneck RIB removes) over the target image and its flip plus
+a **raw logit** loss (no sigmoid, the bottleneck RIB removes) over the target image's views plus
 ``rib_batch`` (20) random training images sharing none of its classes. GNDP is global average pooling
 restricted to the non-discriminative region: ``GNDP_k = mean_{x,y} M_k · 1[M_k / max M_k < score_th]``
-(score_th 0.4; the mask is not differentiated). Fine-tuning stops early when the summed target logit
-exceeds ``stop_th`` (600) or the CAM "explodes": more than ``explode_ratio`` (0.7) of the pixels above
-``explode_th`` (0.3) of the max for some class. The returned map is the sum of ReLU'd CAMs of all steps.
+(score_th 0.4; the mask is not differentiated). The returned map is the sum of ReLU'd CAMs of all steps.
 
-Deviations, for cost, all switchable:
+One fine-tuning serves all the CAM scales (:meth:`Rib.views`), as ``obtain_RIB_CAM.py`` does:
+
+- **Loss views**: every scale ≥ 1 × (image, flip); RIB's code leaves its 0.5 scale out of the loss (that
+  scale only contributes maps). With CAM's scales that is 3 scales × 2 flips = 6 rows.
+- **Stop rule**: after the step, stop when |Σ target GNDP logits over the loss views| > ``stop_th`` (600),
+  RIB's ``target_loss`` over the same 6 rows. With other scales the sum has another number of rows n; it is
+  compared as ``|sum| · 6 / n`` so that 600 keeps meaning 100 per view (the mean a row reaches).
+- **Explode rule**: from the second step on, on the **flip-summed** ReLU'd map of scale 1.0 (of the first
+  scale when 1.0 is absent), restricted to K and divided per class by its max (+1e-5): stop when more than
+  ``explode_ratio`` (0.7) of the pixels exceed ``explode_th`` (0.3) for some class. As in RIB, the check
+  comes right after that scale's map was added, so the scales before it in ``cam.scales`` (none with CAM's
+  order 1.0, 0.5, 1.5, 2.0) count this step and the others do not.
+
+``stop_th`` on another backbone: 600 is a raw-logit scale for IRN's ResNet-50 (6 rows, so 100 per view for
+the image's classes together). The scale of a converged multi-label soft-margin classifier's logits is set
+by the loss rather than by the backbone (the loss saturates at logits of a few units whatever the feature
+width), and the GNDP logit of the non-discriminative region starts below the full logit; 600 is therefore
+a guard against runaway logits in both settings, far above where fine-tuning starts, and it is kept (per
+RIB's 6 rows) rather than re-tuned. This is reasoning, not a measurement: how often the rule fires on the
+benchmark has not been measured (``Rib.steps_taken`` records each image's number of steps). The explode
+rule, on normalised maps, is scale-free.
+
+Deviations, for cost or from the toolkit's structure, all stated:
 
 - ``tune: last_block`` (default) fine-tunes the backbone's last block and the classifier, with the input to
-  that block computed once per image; ``tune: all`` fine-tunes every layer as RIB does. With RIB's learning
-  rate the earlier layers barely move, and full fine-tuning costs ≈ 10 forward+backward passes of 22
+  that block computed once per view; ``tune: all`` fine-tunes every layer as RIB does. With RIB's learning
+  rate the earlier layers barely move, and full fine-tuning costs ≈ 10 forward+backward passes of 26
   images per image.
-- Each call of the method fine-tunes on the views it is given (one scale: the image and its flip); with
-  several CAM scales each scale is fine-tuned on its own (RIB uses one fine-tuning whose loss sees three
-  scales). ``cam.batch_size`` must be 1 so that a call holds one image and the classes are its own.
 - The disjoint images come from a pool of ``pool_images`` training images (resized to ``pool_size``, not
-  re-augmented), whose last-block inputs are computed once in ``prepare``.
+  re-augmented; RIB draws random 512-px crops), whose inputs to the tuned part are computed once in ``prepare``.
+- SGD without momentum (RIB's PolyOptimizer passes weight decay as SGD's momentum, i.e. 1e-4).
+- ``cam.batch_size`` must be 1 so that a call holds one image and the classes are its own.
 """
 
 from __future__ import annotations
@@ -41,7 +60,7 @@ from torch import nn
 from scarce.cams.base import CamConfig, CamMethod, register_cam_method
 from scarce.config import from_dict
 from scarce.errors import ConfigError
-from scarce.models.classifier import CamModel, last_map
+from scarce.models.classifier import CamModel, class_maps, last_map
 
 TUNE_MODES = ("last_block", "all")
 
@@ -100,6 +119,20 @@ def split_features(model: CamModel, mode: str) -> tuple[Callable[[torch.Tensor],
     return prefix, tail, lambda tail, h: tail(h)
 
 
+RIB_LOSS_ROWS = 6  # obtain_RIB_CAM.py: target_loss over scales 1.0, 1.5, 2.0 × (image, flip)
+
+
+def loss_views(scales: Sequence[float]) -> list[int]:
+    """Indices of the scales whose views enter the loss and the stop rule: every scale ≥ 1 (RIB drops 0.5),
+    or all of them when none is."""
+    return [i for i, scale in enumerate(scales) if scale >= 1.0] or list(range(len(scales)))
+
+
+def stop_value(target: float, rows: int) -> float:
+    """|Σ target logits| over ``rows`` loss rows, on RIB's 6-row scale (compared with ``stop_th``)."""
+    return abs(target) * RIB_LOSS_ROWS / max(rows, 1)
+
+
 @register_cam_method("rib")
 class Rib(CamMethod):
     needs_grad = True
@@ -142,6 +175,12 @@ class Rib(CamMethod):
         self.pool_labels = torch.stack(labels)
 
     def __call__(self, model: CamModel, images: torch.Tensor, classes: Sequence[int] | None = None) -> torch.Tensor:
+        """Fine-tune on one scale's views only (the core calls :meth:`views` with all scales at once)."""
+        return self.views(model, [images], [1.0], classes)[0]
+
+    def views(self, model: CamModel, views: Sequence[torch.Tensor], scales: Sequence[float],
+              classes: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """One fine-tuning on all the scales' views; the summed maps of each scale's views."""
         opts = self.options
         if self.pool_inputs is None or self.pool_labels is None:
             raise ConfigError("CAM method 'rib' has no pool of disjoint images: call prepare(model, train_set, work_dir)")
@@ -149,53 +188,61 @@ class Rib(CamMethod):
         picked = list(range(num_classes)) if classes is None else list(classes)
         prefix, tail, run_tail = split_features(model, opts.tune)
         with torch.no_grad():
-            start = prefix(images.detach())
+            starts = [prefix(view.detach()) for view in views]
         if not picked:
             with torch.no_grad():
-                return images.new_zeros(len(images), 0, *run_tail(tail, start).shape[-2:])
+                return [view.new_zeros(len(view), 0, *run_tail(tail, start).shape[-2:]) for view, start in zip(views, starts)]
         tuned = copy.deepcopy(tail)
         for p in tuned.parameters():
             p.requires_grad_(True)
         weight = nn.Parameter(model.class_weights.detach().clone())
-        optimizer = torch.optim.SGD([
-            {"params": list(tuned.parameters()), "lr": opts.rib_lr, "base_lr": opts.rib_lr},
-            {"params": [weight], "lr": opts.rib_lr * opts.head_lr_mult, "base_lr": opts.rib_lr * opts.head_lr_mult},
-        ], lr=opts.rib_lr, momentum=0.0, weight_decay=opts.weight_decay)
-        target_labels = torch.zeros(len(images), num_classes)
-        target_labels[:, picked] = 1.0
+        groups = [(list(tuned.parameters()), opts.rib_lr), ([weight], opts.rib_lr * opts.head_lr_mult)]
+        optimizer = torch.optim.SGD([{"params": params, "lr": lr, "base_lr": lr} for params, lr in groups if params],
+                                    lr=opts.rib_lr, momentum=0.0, weight_decay=opts.weight_decay)
+        target_labels = torch.zeros(num_classes)
+        target_labels[picked] = 1.0
+        in_loss = loss_views(scales)
+        watched = list(scales).index(1.0) if 1.0 in scales else 0
+        rows = sum(len(views[i]) for i in in_loss)
         disjoint = torch.nonzero((self.pool_labels[:, picked] == 0).all(dim=1)).flatten()
-        total = None
+        totals: list[torch.Tensor | None] = [None] * len(views)
         steps = 0
         tuned.eval()  # BatchNorm statistics stay frozen, as in RIB (IRN's frozen BN)
         for step in range(opts.rib_iter):
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * (1.0 - step / opts.rib_iter) ** opts.poly_power
-            maps = torch.einsum("cd,bdhw->bchw", weight, run_tail(tuned, start))
-            current = F.relu(maps[:, picked]).detach()
-            total = current if total is None else total + current
             steps = step + 1
-            if step > 0 and self._exploded(current):
+            target = weight.new_zeros(())
+            exploded = False
+            for i, start in enumerate(starts):
+                maps = class_maps(weight, run_tail(tuned, start))
+                current = F.relu(maps[:, picked]).detach()
+                totals[i] = current if totals[i] is None else totals[i] + current
+                if step > 0 and i == watched and self._exploded(current):
+                    exploded = True
+                    break
+                if i in in_loss:
+                    target = target + (gndp(maps, target_labels.expand(len(maps), -1), opts.score_th) * target_labels).sum()
+            if exploded:
                 break
-            target = (gndp(maps, target_labels, opts.score_th) * target_labels).sum()
             loss = -target
             if len(disjoint) and opts.rib_batch > 0:
                 chosen = disjoint[torch.from_numpy(self.rng.choice(len(disjoint), size=opts.rib_batch,
                                                                    replace=len(disjoint) < opts.rib_batch))]
-                other = torch.einsum("cd,bdhw->bchw", weight, run_tail(tuned, self.pool_inputs[chosen]))
+                other = class_maps(weight, run_tail(tuned, self.pool_inputs[chosen]))
                 other_labels = self.pool_labels[chosen]
                 loss = loss - (gndp(other, other_labels, opts.score_th) * other_labels).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if abs(float(target.detach())) > opts.stop_th:
+            if stop_value(float(target.detach()), rows) > opts.stop_th:
                 break
         self.steps_taken.append(steps)
-        assert total is not None
-        return total
+        return [total for total in totals if total is not None]
 
     def _exploded(self, maps: torch.Tensor) -> bool:
-        """RIB's stop rule on the first view: the share of pixels where some class exceeds explode_th of its max."""
-        first = maps[0]
-        norm = first / (first.amax(dim=(1, 2), keepdim=True) + 1e-5)
+        """RIB's explode rule on the flip-summed map: the share of pixels where some class exceeds explode_th of its max."""
+        combined = maps[0] + maps[1].flip(-1) if self.cfg.flip and len(maps) == 2 else maps[0]
+        norm = combined / (combined.amax(dim=(1, 2), keepdim=True) + 1e-5)
         covered = (norm > self.options.explode_th).any(dim=0).float().mean()
         return bool(covered > self.options.explode_ratio)

@@ -34,6 +34,15 @@ def last_map(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) 
     return out[-1] if isinstance(out, (list, tuple)) else out
 
 
+def class_maps(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """A linear head applied at every position, ``M[b, c] = Σ_d W[c, d] · F[b, d]``: (C, D), (B, D, h, w) → (B, C, h, w).
+
+    The one place a weight matrix becomes maps: CAM, ReCAM's product weights, RIB's tuned head, OC-CSE's
+    erasing map and LPCAM's prototype similarities all call it.
+    """
+    return torch.einsum("cd,bdhw->bchw", weights.to(features.dtype), features)
+
+
 class CamModel(nn.Module):
     """Interface of the models CAM methods accept."""
 
@@ -59,7 +68,7 @@ class CamModel(nn.Module):
         weights = self.class_weights
         if clamp_negative_weights:
             weights = weights.clamp_min(0.0)
-        return torch.einsum("cd,bdhw->bchw", weights.to(features.dtype), features)
+        return class_maps(weights, features)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -7,6 +7,7 @@ IRN and its forks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -16,15 +17,28 @@ from torch import nn
 from scarce.models.classifier import CamClassifier
 
 
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters trained at ``lr_mult`` × the base learning rate, with weight decay unless ``decay`` is False."""
+
+    params: list[nn.Parameter]
+    lr_mult: float = 1.0
+    decay: bool = True
+
+
 class Objective(nn.Module):
     """Loss of one batch. Extra trainable modules are registered as sub-modules (trained at the head lr)."""
 
     name = "base"
 
-    def forward(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor,
-                progress: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return (loss, named parts for the log). ``progress`` ∈ [0, 1] is the fraction of training done."""
-        raise NotImplementedError
+    def parameter_groups(self, model: CamClassifier, head_lr_mult: float) -> list[ParamGroup]:
+        """The optimiser's groups.
+
+        IRN's ``train_cam``: the backbone at the base rate, the classifier (and any module the objective adds)
+        at ``head_lr_mult`` × it. An objective whose paper groups its parameters otherwise overrides this.
+        """
+        backbone, head = model.parameter_groups()
+        return [ParamGroup(backbone), ParamGroup(head + list(self.parameters()), head_lr_mult)]
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {}

@@ -1,7 +1,9 @@
 """Classifier training on image-level labels, resumable with identical results.
 
 Recipe (IRN's ``train_cam``, with sizes scaled to the data): SGD, poly learning-rate decay, the head at
-``head_lr_mult`` × the backbone's rate, BatchNorm frozen in eval mode, flip/rescale/crop augmentation.
+``head_lr_mult`` × the backbone's rate (the objective's ``parameter_groups`` decide which parameters are
+"head": ReCAM's keeps the classifier at the backbone's rate), BatchNorm frozen in eval mode,
+flip/rescale/crop augmentation.
 
 Reproducibility: the sample order of an epoch, every augmentation, and the torch RNG of every step are
 functions of (seed, epoch, step), so a run resumed from any checkpoint reaches the same weights as an
@@ -91,6 +93,15 @@ def _config_fingerprint(cfg: TrainConfig, extra: dict) -> dict:
     return {"train": asdict(cfg), **extra}
 
 
+def build_optimizer(model: CamClassifier, objective: Objective, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD over the objective's parameter groups (frozen parameters left out), each with its ``base_lr``."""
+    groups = [{"params": [p for p in group.params if p.requires_grad], "base_lr": cfg.lr * group.lr_mult,
+               "weight_decay": cfg.weight_decay if group.decay else 0.0}
+              for group in objective.parameter_groups(model, cfg.head_lr_mult)]
+    momentum = 1e-4 if cfg.irn_momentum_quirk else cfg.momentum
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+
+
 @dataclass
 class TrainResult:
     model_path: Path
@@ -134,16 +145,9 @@ def train_classifier(
         raise ScarceError(f"{dataset.root}: split {dataset.split!r} has {n} samples, "
                           f"fewer than one batch of {cfg.batch_size}; lower the batch size")
     total_steps = cfg.epochs * steps_per_epoch
-    backbone_params, head_params = model.parameter_groups()
-    head_params = head_params + list(objective.parameters())
     if cfg.freeze_bn:
         _freeze_batchnorm(model)
-    groups = [
-        {"params": [p for p in backbone_params if p.requires_grad], "base_lr": cfg.lr},
-        {"params": [p for p in head_params if p.requires_grad], "base_lr": cfg.lr * cfg.head_lr_mult},
-    ]
-    momentum = 1e-4 if cfg.irn_momentum_quirk else cfg.momentum
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, objective, cfg)
 
     start_step, log_rows, carried = 0, [], (0.0, 0)
     if ckpt_path.exists():
