@@ -2,5 +2,6 @@
 
 from scarce.refinement.base import (REFINERS, RefineContext, Refiner, RefinerChain, RefineStep, build_refiner,
                                     register_refiner)
+from scarce.refinement import random_walk  # noqa: F401,E402  (registers "random_walk")
 
 __all__ = ["REFINERS", "RefineContext", "Refiner", "RefinerChain", "RefineStep", "build_refiner", "register_refiner"]
