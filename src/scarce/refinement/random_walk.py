@@ -6,8 +6,9 @@ beyond the image), ``T = A D⁻¹`` (IRN divides by the column sums, ``D = diag(
 map of a class is the row vector ``x T^t`` with ``t = 2^exp_times``. Since ``A`` is symmetric this is
 ``(D⁻¹A)^t`` applied to ``x``: every step replaces a pixel's score by the ``a^β``-weighted mean of its
 neighbourhood. IRN squares the dense (HW)² matrix ``exp_times`` times; here the same ``t`` steps are
-applied to ``x`` as neighbourhood sums over the disc of offsets (one ``unfold`` per step), so the memory
-is (2r−1)² × HW per class instead of (HW)² (``benchmarks/random_walk_memory.py`` measures it). Defaults are
+applied to ``x`` as in-place sums of shifted maps over the disc of offsets, so the memory is the
+transition weights (one plane per offset, ~(2r−1)² × HW) and two copies of the maps instead of (HW)²
+(``benchmarks/random_walk_memory.py`` measures it). Defaults are
 IRN's inference settings: radius 5, β 10, exp_times 8 (t = 256).
 
 Background. IRN walks the foreground CAMs only (no background plane: ``cam_dict['cam']`` holds the
@@ -74,16 +75,18 @@ def random_walk(cams: torch.Tensor, affinities: torch.Tensor, radius: int, beta:
         raise ValueError(f"affinities {tuple(affinities.shape)} do not match {len(offsets)} offsets and maps {tuple(cams.shape)}")
     classes, height, width = cams.shape
     weights = affinities ** beta
-    weights = weights / weights.sum(dim=0, keepdim=True)
+    weights /= weights.sum(dim=0, keepdim=True)
     reach = radius - 1
-    side = 2 * reach + 1
-    kernel = weights.new_zeros(side * side, height * width)  # unfold's layout: row (dy + reach) * side + dx + reach
-    for plane, (dy, dx) in zip(weights, offsets):
-        kernel[(dy + reach) * side + dx + reach] = plane.reshape(-1)
-    x = cams
+    padded = cams.new_zeros(classes, height + 2 * reach, width + 2 * reach)  # x with a zero border of the reach
+    centre = padded[:, reach:reach + height, reach:reach + width]
+    # offsets as far as the map is wide or tall reach only the border: their weights are 0, skip them
+    kept = [(plane, dy, dx) for plane, (dy, dx) in zip(weights, offsets) if abs(dy) < height and abs(dx) < width]
+    x = cams.clone()
     for _ in range(2 ** exp_times):
-        neighbours = F.unfold(x[:, None], side, padding=reach)  # (K, side², HW): x at i + o, 0 off the map
-        x = neighbours.mul_(kernel).sum(dim=1).view(classes, height, width)
+        centre.copy_(x)
+        x.zero_()
+        for plane, dy, dx in kept:  # x_i = Σ_o w_o(i) · x_{i+o}, in place: nothing of (HW)² or (2r−1)² × HW size
+            x.addcmul_(padded[:, reach + dy:reach + dy + height, reach + dx:reach + dx + width], plane)
     return x
 
 
