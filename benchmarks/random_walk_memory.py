@@ -53,12 +53,13 @@ def measured(fn, *args):
 
 
 def dense_walk(cams: torch.Tensor, affinities: torch.Tensor, radius: int, beta: float, exp_times: int) -> torch.Tensor:
-    """IRN's dense transition matrix, built from the same neighbourhood affinities, applied t times."""
-    classes, height, width = cams.shape
+    """IRN's dense transition matrix, built from the same neighbourhood affinities, applied t times
+    (one image: cams (1, K, h, w), affinities (1, len(offsets), h, w))."""
+    _, classes, height, width = cams.shape
     n = height * width
     matrix = torch.zeros(n, n)
     index = torch.arange(n).view(height, width)
-    for plane, (dy, dx) in zip(affinities, disc_offsets(radius)):
+    for plane, (dy, dx) in zip(affinities[0], disc_offsets(radius)):
         rows = index[max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)].reshape(-1)
         cols = index[max(0, dy):height + min(0, dy), max(0, dx):width + min(0, dx)].reshape(-1)
         matrix[rows, cols] = plane.reshape(-1)[rows]
@@ -67,7 +68,7 @@ def dense_walk(cams: torch.Tensor, affinities: torch.Tensor, radius: int, beta: 
     x = cams.reshape(classes, n)
     for _ in range(2 ** exp_times):
         x = x @ matrix
-    return x.view(classes, height, width)
+    return x.view(1, classes, height, width)
 
 
 def main() -> None:
@@ -86,8 +87,8 @@ def main() -> None:
     regions = torch.randn(1, args.dim, 8, 8)
     features = torch.nn.functional.interpolate(regions, size=(side, side), mode="nearest")
     features = features + 0.05 * torch.randn_like(features)
-    affinities = pair_affinities(features, disc_offsets(args.radius))[0]
-    cams = torch.rand(args.classes, side, side)
+    affinities = pair_affinities(features, disc_offsets(args.radius))
+    cams = torch.rand(1, args.classes, side, side)
     settings = (args.radius, args.beta, args.exp_times)
 
     local, local_bytes, local_s = measured(random_walk, cams, affinities, *settings)

@@ -80,24 +80,31 @@ def disc_offsets(radius: int) -> list[Offset]:
     return [(0, 0)] + half + [(-dy, -dx) for dy, dx in half]
 
 
+def overlap(height: int, width: int, dy: int, dx: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Where pixel i and its neighbour i + (dy, dx) are both on a height × width map: (i's region, the
+    neighbours' region), as slices of the last two dimensions (empty when the offset leaves the map)."""
+    here = (slice(max(0, -dy), max(0, height - max(0, dy))), slice(max(0, -dx), max(0, width - max(0, dx))))
+    there = (slice(max(0, dy), max(0, height + min(0, dy))), slice(max(0, dx), max(0, width + min(0, dx))))
+    return here, there
+
+
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """``out[..., y, x] = x[..., y + dy, x + dx]``, 0 where that position leaves the map."""
-    height, width = x.shape[-2:]
+    here, there = overlap(*x.shape[-2:], dy, dx)
     out = torch.zeros_like(x)
-    if abs(dy) < height and abs(dx) < width:
-        out[..., max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] = \
-            x[..., max(0, dy):height + min(0, dy), max(0, dx):width + min(0, dx)]
+    out[(..., *here)] = x[(..., *there)]
     return out
 
 
 def pair_affinities(features: torch.Tensor, offsets: Sequence[Offset]) -> torch.Tensor:
     """(B, D, h, w) embedding → (B, len(offsets), h, w): ``exp(-mean_c |f_i - f_{i+o}|)``, 0 off the map."""
-    inside = torch.ones_like(features[:, :1])
-    planes = []
-    for dy, dx in offsets:
-        distance = (features - shifted(features, dy, dx)).abs().mean(dim=1, keepdim=True)
-        planes.append(torch.exp(-distance) * shifted(inside, dy, dx))
-    return torch.cat(planes, dim=1)
+    batch, _, height, width = features.shape
+    out = features.new_zeros(batch, len(offsets), height, width)
+    for n, (dy, dx) in enumerate(offsets):
+        here, there = overlap(height, width, dy, dx)
+        distance = (features[(..., *here)] - features[(..., *there)]).abs().mean(dim=1)
+        out[(slice(None), n, *here)] = torch.exp(-distance)
+    return out
 
 
 def affinity_labels(labels: torch.Tensor, offsets: Sequence[Offset]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from scarce.config import from_dict
 from scarce.errors import ConfigError, ScarceError
 from scarce.refinement.affinity import (STRIDE, AffinityNet, AffinityTrainConfig, BackboneLevels, SeedPairs,
-                                        check_identity, disc_offsets, embed, pair_affinities, to_grid,
+                                        check_identity, disc_offsets, embed, grid_size, pair_affinities, to_grid,
                                         train_affinity, training_identity)
 from scarce.refinement.base import RefineContext, Refiner, register_refiner
 
@@ -65,28 +65,29 @@ class RandomWalkConfig:
 
 
 def random_walk(cams: torch.Tensor, affinities: torch.Tensor, radius: int, beta: float, exp_times: int) -> torch.Tensor:
-    """(K, h, w) maps walked ``2**exp_times`` steps of ``D⁻¹ A^β`` over the disc ``|o| < radius``.
+    """(B, K, h, w) maps walked ``2**exp_times`` steps of ``D⁻¹ A^β`` over the disc ``|o| < radius``.
 
-    ``affinities`` is (len(disc_offsets(radius)), h, w): plane ``n`` holds ``a(i, i + o_n)``, 0 where
-    ``i + o_n`` leaves the map, and 1 for the pixel itself (``pair_affinities`` gives exactly that).
+    ``affinities`` is (B, len(disc_offsets(radius)), h, w): plane ``n`` holds ``a(i, i + o_n)``, 0 where
+    ``i + o_n`` leaves the map, and 1 for the pixel itself (``pair_affinities`` gives exactly that). The
+    images of a batch walk together: the cost of a step is one multiply-add per offset, whatever B and K.
     """
     offsets = disc_offsets(radius)
-    if affinities.shape[0] != len(offsets) or affinities.shape[1:] != cams.shape[1:]:
+    batch, classes, height, width = cams.shape
+    if affinities.shape != (batch, len(offsets), height, width):
         raise ValueError(f"affinities {tuple(affinities.shape)} do not match {len(offsets)} offsets and maps {tuple(cams.shape)}")
-    classes, height, width = cams.shape
     weights = affinities ** beta
-    weights /= weights.sum(dim=0, keepdim=True)
+    weights /= weights.sum(dim=1, keepdim=True)
     reach = radius - 1
-    padded = cams.new_zeros(classes, height + 2 * reach, width + 2 * reach)  # x with a zero border of the reach
-    centre = padded[:, reach:reach + height, reach:reach + width]
+    padded = cams.new_zeros(batch, classes, height + 2 * reach, width + 2 * reach)  # x with a zero border
+    centre = padded[..., reach:reach + height, reach:reach + width]
     # offsets as far as the map is wide or tall reach only the border: their weights are 0, skip them
-    kept = [(plane, dy, dx) for plane, (dy, dx) in zip(weights, offsets) if abs(dy) < height and abs(dx) < width]
+    kept = [(weights[:, n:n + 1], dy, dx) for n, (dy, dx) in enumerate(offsets) if abs(dy) < height and abs(dx) < width]
     x = cams.clone()
     for _ in range(2 ** exp_times):
         centre.copy_(x)
         x.zero_()
         for plane, dy, dx in kept:  # x_i = Σ_o w_o(i) · x_{i+o}, in place: nothing of (HW)² or (2r−1)² × HW size
-            x.addcmul_(padded[:, reach + dy:reach + dy + height, reach + dx:reach + dx + width], plane)
+            x.addcmul_(padded[..., reach + dy:reach + dy + height, reach + dx:reach + dx + width], plane)
     return x
 
 
@@ -131,20 +132,23 @@ class RandomWalkRefiner(Refiner):
             raise ScarceError("random_walk: call prepare(context) first (it trains or loads the affinity network)")
         device = next(self.net.parameters()).device
         features = embed(self.net, self.levels, images.to(device))
-        offsets = disc_offsets(self.cfg.radius)
         height, width = images.shape[-2:]
-        out = []
         for index, maps in enumerate(cams):
             if maps.shape[-2:] != (height, width):
                 raise ValueError(f"maps of image {index} are {tuple(maps.shape[-2:])}, the images {(height, width)}")
-            if maps.shape[0] == 0:
-                out.append(maps.clone())
-                continue
-            affinities = pair_affinities(features[index:index + 1], offsets)[0]
-            walked = random_walk(to_grid(maps.to(device, features.dtype)), affinities, self.cfg.radius,
-                                 self.cfg.beta, self.cfg.exp_times)
-            up = F.interpolate(walked[None], scale_factor=STRIDE, mode="bilinear", align_corners=False)[0, :, :height, :width]
-            peak = up.max()
-            refined = up / peak if peak > 0 else torch.zeros_like(up)
+        if not any(maps.shape[0] for maps in cams):
+            return [maps.clone() for maps in cams]
+        # the batch walks as one tensor: images with fewer classes are padded with zero maps, which stay 0
+        stacked = features.new_zeros(len(cams), max(m.shape[0] for m in cams), *grid_size(height, width))
+        for index, maps in enumerate(cams):
+            stacked[index, :maps.shape[0]] = to_grid(maps.to(device, features.dtype))
+        affinities = pair_affinities(features, disc_offsets(self.cfg.radius))
+        walked = random_walk(stacked, affinities, self.cfg.radius, self.cfg.beta, self.cfg.exp_times)
+        up = F.interpolate(walked, scale_factor=STRIDE, mode="bilinear", align_corners=False)[..., :height, :width]
+        out = []
+        for index, maps in enumerate(cams):
+            own = up[index, :maps.shape[0]]
+            peak = own.max() if maps.shape[0] else own.new_zeros(())
+            refined = own / peak if peak > 0 else torch.zeros_like(own)  # IRN: over all classes and pixels
             out.append(refined.clamp(0.0, 1.0).to(maps))
         return out
