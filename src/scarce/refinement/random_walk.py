@@ -7,9 +7,9 @@ map of a class is the row vector ``x T^t`` with ``t = 2^exp_times``. Since ``A``
 ``(D⁻¹A)^t`` applied to ``x``: every step replaces a pixel's score by the ``a^β``-weighted mean of its
 neighbourhood. IRN squares the dense (HW)² matrix ``exp_times`` times; here the same ``t`` steps are
 applied to ``x`` as in-place sums of shifted maps over the disc of offsets, so the memory is the
-transition weights (one plane per offset, ~(2r−1)² × HW) and two copies of the maps instead of (HW)²
-(``benchmarks/random_walk_memory.py`` measures it). Defaults are
-IRN's inference settings: radius 5, β 10, exp_times 8 (t = 256).
+transition weights (one HW plane per offset: 69 for radius 5) and two copies of the maps instead of (HW)²
+(``benchmarks/random_walk_memory.py`` measures it). Defaults are IRN's inference settings: radius 5,
+β 10, exp_times 8 (t = 256).
 
 Background. IRN walks the foreground CAMs only (no background plane: ``cam_dict['cam']`` holds the
 image's classes), divides the upsampled result by its maximum over *all* classes and pixels, and then
