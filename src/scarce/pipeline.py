@@ -140,7 +140,7 @@ class Run:
         self.timings: dict[str, float] = {}
         self.resume = True
         self._trained: tuple[CamClassifier, torch.nn.Module] | None = None
-        self._cam_method: CamMethod | None = None
+        self.prepared_method: CamMethod | None = None
 
     # -- the pipeline -------------------------------------------------------------------------------
     def run(self, resume: bool = True, until: str | None = None, report: bool = True) -> dict[str, Any]:
@@ -271,9 +271,9 @@ class Run:
 
     def prepared_cam_method(self) -> CamMethod:
         """The CAM method fitted on the training split, prepared once per :class:`Run`."""
-        if self._cam_method is None:
-            self._cam_method = self.cam_method(*self.trained())
-        return self._cam_method
+        if self.prepared_method is None:
+            self.prepared_method = self.cam_method(*self.trained())
+        return self.prepared_method
 
     def cam_splits(self) -> list[str]:
         """Splits that need CAMs: val and test always; train when refinement or train masks read it."""
