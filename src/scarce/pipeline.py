@@ -608,7 +608,7 @@ def refine_maps(refiner: Refiner, dataset: WeakDataset, cam_dir: Path, out_dir: 
     todo = dataset.subset([s for s in dataset.samples if not RunLayout.map_file(out_dir, s.stem).exists()])
     bar = tqdm(total=len(todo.samples), desc=f"refine {dataset.split}", unit="img", disable=not progress, leave=False)
     for batch in batches_of_same_size(todo, batch_size):
-        images = torch.stack([torch.from_numpy(image).permute(2, 0, 1).float() / 255.0 for _, image in batch])
+        images = torch.stack([torch.tensor(image).permute(2, 0, 1).float() / 255.0 for _, image in batch])
         loaded = [load_cam(RunLayout.map_file(cam_dir, sample.stem)) for sample, _ in batch]
         cams = [torch.from_numpy(maps) for maps, _ in loaded]
         keys = [keys.tolist() for _, keys in loaded]
