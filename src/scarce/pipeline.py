@@ -42,7 +42,7 @@ from scarce.cams.store import load_cam, save_cam
 from scarce.config import changed_keys, dump_yaml, from_dict, load_yaml, merge, to_dict
 from scarce.data.base import Sample, WeakDataset, open_dataset
 from scarce.data.scenes import ScenesConfig, generate_scenes
-from scarce.errors import ConfigError, ScarceError
+from scarce.errors import ConfigError, DataError, ScarceError
 from scarce.io import IGNORE_INDEX, read_json, read_label_png, write_json, write_text
 from scarce.layout import COMPLETE, RunLayout, clear_complete, is_complete, mark_complete
 from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
@@ -56,6 +56,7 @@ from scarce.training import TrainConfig, build_objective, load_trained, to_tenso
 import scarce.methods  # noqa: E402,F401  (registers the CAM method family's objectives and CAM methods)
 
 ROLES = ("train", "val", "test")
+SCORES_OF_MAPS = {"cams": "seeds", "refined": "refined"}  # the scores/<name>.json holding each map kind's threshold
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Run:
     def run(self, resume: bool = True, until: str | None = None, report: bool = True) -> dict[str, Any]:
         """Run every enabled stage (up to and including ``until``) whose outputs are not complete yet.
 
-        ``resume=False`` retrains the classifier from scratch instead of continuing its checkpoint;
+        ``resume=False`` refuses to continue an interrupted classifier training (its checkpoint);
         ``report=False`` leaves out report.html (metrics.json is still written). Returns the metrics.
         """
         names = [stage.name for stage in self.stages]
@@ -407,7 +408,7 @@ class Run:
 
     def default_mask_thresholds(self) -> tuple[float, tuple[float, float] | None]:
         """The val-chosen threshold of the maps masks are made from, and confident (fg, bg) when asked for."""
-        threshold = float(self.read_scores("refined" if self.cfg.refine else "seeds")["threshold"])
+        threshold = float(self.read_scores(SCORES_OF_MAPS[self.mask_maps])["threshold"])
         confident = self.confident_thresholds(threshold) if self.cfg.eval.mask_mode == "confident" else None
         return threshold, confident
 
@@ -449,8 +450,10 @@ class Run:
         for sample in dataset.samples:
             if not dataset.has_mask(sample):
                 continue
-            pred = read_label_png(self.layout.mask_file(self.layout.masks(split), sample.stem))
-            gt = dataset.load_mask(sample).copy()
+            path = self.layout.mask_file(self.layout.masks(split), sample.stem)
+            pred, gt = read_label_png(path), dataset.load_mask(sample).copy()
+            if pred.shape != gt.shape:
+                raise DataError(path, f"mask is {pred.shape} but the ground truth of {sample.stem} is {gt.shape}")
             gt[pred == IGNORE_INDEX] = IGNORE_INDEX
             labelled += int((pred != IGNORE_INDEX).sum())
             total += pred.size
@@ -479,9 +482,7 @@ class Run:
         threshold, confident = self.default_mask_thresholds()
         scores: dict[str, Any] = {}
         for role in self.cfg.eval.mask_splits:
-            split = self.split(role)
-            self.write_masks(split, threshold, confident, self.mask_maps)
-            scored = self.score_masks(split)
+            scored = self.pseudo_masks(self.split(role), threshold, confident)
             if scored is not None:
                 scores[role] = {**scored, "maps": self.mask_maps, "threshold": threshold,
                                 "confident": list(confident) if confident else None,
@@ -556,7 +557,7 @@ STAGES: tuple[Stage, ...] = (
           reads=lambda run: [run.layout.scores("seeds"), *_split_markers(lambda run: run.layout.cams)(run)],
           writes=lambda run: [*_split_markers(lambda run: run.layout.refined)(run), run.layout.scores("refined")]),
     Stage("masks", Run.masks, enabled=lambda run: bool(run.cfg.eval.mask_splits), scores="masks",
-          reads=lambda run: [run.layout.scores("refined" if run.cfg.refine else "seeds")],
+          reads=lambda run: [run.layout.scores(SCORES_OF_MAPS[run.mask_maps])],
           writes=lambda run: [*(run.layout.masks(run.split(r)) / COMPLETE for r in run.cfg.eval.mask_splits),
                               run.layout.scores("masks")]),
     Stage("report", Run.report, reads=lambda run: [run.layout.scores("seeds")],

@@ -7,7 +7,6 @@ stages of the run folder up to NAME, skipping finished ones).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -112,9 +111,12 @@ def _existing_run(folder: Path, quiet: bool = True):
     from scarce.errors import ScarceError
     from scarce.pipeline import Run, load_run_config
 
-    if not (folder / "config.yaml").is_file():
+    from scarce.layout import RunLayout
+
+    config = RunLayout(folder).config
+    if not config.is_file():
         raise ScarceError(f"{folder}: not a run folder (no config.yaml); create one with `scarce train` or `scarce run`")
-    return Run(load_run_config(folder / "config.yaml"), folder, progress=not quiet)
+    return Run(load_run_config(config), folder, progress=not quiet)
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
@@ -173,8 +175,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         raise ConfigError("give both --fg and --bg for confident masks")
     if args.fg is not None and args.threshold is not None:
         raise ConfigError("--threshold and --fg/--bg are alternatives")
-    if args.threshold is None and args.fg is None:  # the thresholds chosen on val: score the maps first
-        run.run(until="refine" if run.cfg.refine else "evaluate", report=False)
+    run.run(until="refine" if run.cfg.refine else "evaluate", report=False)  # the maps and their val thresholds
     confident = None if args.fg is None else (args.fg, args.bg)
     scores = run.pseudo_masks(args.split, args.threshold, confident)
     print(f"masks: {run.layout.masks(args.split)}")
