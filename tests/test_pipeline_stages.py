@@ -250,3 +250,21 @@ def test_refine_command_without_refiners_names_the_setting(tmp_path, capsys):
     (folder / "config.yaml").write_text(dump_yaml(load_run_config(None)))
     assert main(["refine", str(folder)]) == 1
     assert "refine: [pamr]" in capsys.readouterr().err
+
+
+def test_bad_pseudo_mask_files_name_the_file(refined_run, tmp_path):
+    from scarce.errors import DataError
+    from scarce.io import save_label_png
+
+    source, cfg, _ = refined_run
+    folder = tmp_path / "run"
+    shutil.copytree(source, folder)
+    run = Run(cfg, folder, progress=False)
+    first = sorted((folder / "masks" / "train").glob("*.png"))[0]
+    for bad, problem in ((np.zeros((8, 8), np.uint8), "shape"), (np.full((64, 64), 200, np.uint8), "labels")):
+        save_label_png(first, bad)
+        with pytest.raises(DataError, match=f"{first.name}.*{problem}"):
+            run.score_masks("train")
+    first.unlink()
+    with pytest.raises(DataError, match=f"{first.name}: label file not found"):
+        run.score_masks("train")

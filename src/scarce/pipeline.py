@@ -453,11 +453,14 @@ class Run:
             path = self.layout.mask_file(self.layout.masks(split), sample.stem)
             pred, gt = read_label_png(path), dataset.load_mask(sample).copy()
             if pred.shape != gt.shape:
-                raise DataError(path, f"mask is {pred.shape} but the ground truth of {sample.stem} is {gt.shape}")
+                raise DataError(path, f"mask shape {pred.shape} differs from the ground truth's {gt.shape} ({sample.stem})")
             gt[pred == IGNORE_INDEX] = IGNORE_INDEX
+            try:
+                evaluator.update(np.where(pred == IGNORE_INDEX, 0, pred), gt)
+            except ValueError as exc:  # labels beyond the classes
+                raise DataError(path, f"against the ground truth of {sample.stem}: {exc}") from None
             labelled += int((pred != IGNORE_INDEX).sum())
             total += pred.size
-            evaluator.update(np.where(pred == IGNORE_INDEX, 0, pred), gt)
         if total == 0:
             return None
         scores = evaluator.compute()
