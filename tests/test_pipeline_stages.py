@@ -268,3 +268,18 @@ def test_bad_pseudo_mask_files_name_the_file(refined_run, tmp_path):
     first.unlink()
     with pytest.raises(DataError, match=f"{first.name}: label file not found"):
         run.score_masks("train")
+
+
+def test_masks_rewritten_by_hand_make_the_masks_stage_run_again(refined_run, tmp_path):
+    source, cfg, metrics = refined_run
+    folder = tmp_path / "run"
+    shutil.copytree(source, folder)
+    run = Run(cfg, folder, progress=False)
+    run.pseudo_masks("train", 0.9)  # another threshold than the val-chosen one
+    assert not (folder / "scores" / "masks.json").exists()
+    assert metrics["refined"]["threshold"] != 0.9
+    again = Run(cfg, folder, progress=False).run()
+    assert again["masks"] == metrics["masks"]  # back to the val-chosen threshold, with its scores
+    assert read_json(folder / "masks" / "train" / "_source.json")["threshold"] == metrics["refined"]["threshold"]
+    for png in (source / "masks" / "train").glob("*.png"):
+        np.testing.assert_array_equal(read_label_png(folder / "masks" / "train" / png.name), read_label_png(png))

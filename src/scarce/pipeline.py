@@ -418,7 +418,7 @@ class Run:
         (fg, bg)``, foreground above fg, background below bg and 255 (ignore) between.
 
         Files already written from the same maps and thresholds are kept (a killed run resumes); a new source
-        rewrites them all.
+        rewrites them all (and the masks stage, whose scores then no longer hold, runs again in the next run).
         """
         out = self.layout.masks(split)
         source = {"maps": kind, "threshold": threshold, "confident": list(confident) if confident else None}
@@ -427,6 +427,8 @@ class Run:
         if same and is_complete(out):
             return out
         clear_complete(out)
+        if not same and split in map(self.split, self.cfg.eval.mask_splits):
+            self.layout.scores("masks").unlink(missing_ok=True)  # no longer these files' scores: the stage reruns
         write_json(source_path, source)
         dataset = self.dataset(split, allow_empty=True)
         maps_dir = self.layout.maps(kind, split)

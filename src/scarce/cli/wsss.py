@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     cam = sub.add_parser("cam", help="write CAMs of a split for a trained run")
     cam.add_argument("run", type=Path)
-    cam.add_argument("--split", action="append", help="split(s); default: those the pipeline needs (val, test; train for refinement or train masks)")
+    cam.add_argument("--split", action="append",
+                     help="split(s); default: those the pipeline needs (val, test; train for refinement or train masks)")
     cam.add_argument("--quiet", action="store_true")
     cam.set_defaults(func=cmd_cam)
 
@@ -109,9 +110,8 @@ def _run_from_args(args: argparse.Namespace):
 
 def _existing_run(folder: Path, quiet: bool = True):
     from scarce.errors import ScarceError
-    from scarce.pipeline import Run, load_run_config
-
     from scarce.layout import RunLayout
+    from scarce.pipeline import Run, load_run_config
 
     config = RunLayout(folder).config
     if not config.is_file():
