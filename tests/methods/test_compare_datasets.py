@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
+from scarce.cli import main
 from scarce.data import load_voc
 from scarce.io import read_json, read_label_png
-from scarce.methods.compare import compare
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "methods"
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=null", "train.epochs=1", "train.batch_size=8",
@@ -19,7 +19,10 @@ TINY = ["model.backbone=test_efficientnet", "model.pretrained=null", "train.epoc
 
 def test_compare_runs_on_a_voc_layout_folder(tiny_scenes, tmp_path):
     overrides = [*TINY, "data.kind=voc", f"data.root={tiny_scenes}"]
-    summary = compare([CONFIGS / "cam.yaml"], tmp_path, seeds=[3], base=CONFIGS / "base.yaml", overrides=overrides)
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    assert main(["compare", str(CONFIGS / "cam.yaml"), "--out", str(tmp_path), "--seeds", "3",
+                 "--base", str(CONFIGS / "base.yaml"), "--quiet", *sets]) == 0
+    summary = read_json(tmp_path / "results.json")  # JSON keys: the seed as a string
     assert not (tmp_path / "seed3" / "data").exists()  # the named dataset is used as it is; the seed trains
     config = (tmp_path / "seed3" / "cam" / "config.yaml").read_text()
     assert f"root: {tiny_scenes}" in config and "seed: 3" in config
@@ -33,5 +36,12 @@ def test_compare_runs_on_a_voc_layout_folder(tiny_scenes, tmp_path):
     cm = confusion_matrix(gt[keep], pred[keep], labels=list(range(test.num_classes + 1))).astype(float)
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
     expected = np.mean(np.diag(cm)[union > 0] / union[union > 0])
-    assert summary["per_seed"]["cam"][3]["test"]["miou"] == pytest.approx(expected, abs=1e-12)
-    assert read_json(tmp_path / "seed3" / "cam" / "compare.json")["test"] == summary["per_seed"]["cam"][3]["test"]
+    assert summary["per_seed"]["cam"]["3"]["test"]["miou"] == pytest.approx(expected, abs=1e-12)
+    assert read_json(tmp_path / "seed3" / "cam" / "compare.json")["test"] == summary["per_seed"]["cam"]["3"]["test"]
+
+
+def test_compare_help_names_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: scarce compare") and "--quiet" in out

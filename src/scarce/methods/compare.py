@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override a base config value, e.g. --set train.epochs=1")
     parser.add_argument("--set-method", dest="method_overrides", action="append", default=[],
                         metavar="METHOD:KEY=VALUE", help="override a method's run setting, e.g. advcam:cam.options.adv_iter=8")
-    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     per_method: dict[str, list[str]] = {}
     for item in args.method_overrides:
@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a shell glob such as configs/methods/*.yaml also matches the benchmark configs, which are not methods
     benchmarks = {base.resolve(), DEFAULT_BASE.resolve()}
     configs = [p for p in args.configs if p.resolve() not in benchmarks]
-    summary = compare(configs, args.out, args.seeds, args.base, args.overrides, per_method, args.progress)
+    summary = compare(configs, args.out, args.seeds, args.base, args.overrides, per_method, progress=not args.quiet)
     print()
     print(markdown_table(summary["rows"]), end="")
     print(f"wall time {summary['wall_s']:.0f} s; table: {args.out / 'table.md'}; report: {args.out / 'report.html'}")
