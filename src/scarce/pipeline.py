@@ -545,26 +545,28 @@ class _Timer:
         self.store[self.name] = self.store.get(self.name, 0.0) + time.perf_counter() - self.start
 
 
-def _split_markers(folder: Callable[[Run], Callable[[str], Path]]) -> Callable[[Run], list[Path]]:
-    """The ``_complete`` markers of a per-split folder (``folder(run)(split)``) for every CAM split."""
-    return lambda run: [folder(run)(split) / COMPLETE for split in run.cam_splits()]
+def _markers(run: Run, kind: str) -> list[Path]:
+    """The ``_complete`` markers of the ``kind`` maps (cams, refined) of every split that needs CAMs."""
+    return [run.layout.maps(kind, split) / COMPLETE for split in run.cam_splits()]
+
+
+def _mask_markers(run: Run) -> list[Path]:
+    return [run.layout.masks(run.split(role)) / COMPLETE for role in run.cfg.eval.mask_splits]
 
 
 # The pipeline, in order. A later stage (segmentation, its fully supervised ceiling) is one more entry here.
 STAGES: tuple[Stage, ...] = (
     Stage("data", Run.prepare_data, writes=lambda run: [run.data_root / "scenes.json"] if run.generates_data else []),
     Stage("train", Run.train_stage, writes=lambda run: [run.model_path]),
-    Stage("cams", Run.write_cams, reads=lambda run: [run.model_path],
-          writes=_split_markers(lambda run: run.layout.cams)),
+    Stage("cams", Run.write_cams, reads=lambda run: [run.model_path], writes=lambda run: _markers(run, "cams")),
     Stage("evaluate", lambda run: run.write_scores("seeds", run.evaluate()), scores="seeds",
-          reads=_split_markers(lambda run: run.layout.cams), writes=lambda run: [run.layout.scores("seeds")]),
+          reads=lambda run: _markers(run, "cams"), writes=lambda run: [run.layout.scores("seeds")]),
     Stage("refine", Run.refine, enabled=lambda run: bool(run.cfg.refine), scores="refined",
-          reads=lambda run: [run.layout.scores("seeds"), *_split_markers(lambda run: run.layout.cams)(run)],
-          writes=lambda run: [*_split_markers(lambda run: run.layout.refined)(run), run.layout.scores("refined")]),
+          reads=lambda run: [run.layout.scores("seeds"), *_markers(run, "cams")],
+          writes=lambda run: [*_markers(run, "refined"), run.layout.scores("refined")]),
     Stage("masks", Run.masks, enabled=lambda run: bool(run.cfg.eval.mask_splits), scores="masks",
           reads=lambda run: [run.layout.scores(SCORES_OF_MAPS[run.mask_maps])],
-          writes=lambda run: [*(run.layout.masks(run.split(r)) / COMPLETE for r in run.cfg.eval.mask_splits),
-                              run.layout.scores("masks")]),
+          writes=lambda run: [*_mask_markers(run), run.layout.scores("masks")]),
     Stage("report", Run.report, reads=lambda run: [run.layout.scores("seeds")],
           writes=lambda run: [run.layout.metrics, run.layout.report]),
 )
