@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import scarce.methods  # noqa: F401  (registers the recam objective)
     from scarce.cams import CamConfig, CamExtractor, CamMethod
     from scarce.metrics.segmentation import ThresholdSweep
+    from scarce.layout import RunLayout
     from scarce.pipeline import Run, load_run_config
     from scarce.training import load_trained, to_tensor
 
@@ -52,10 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| run | feature layer | negative feature values | CAM (W_cls) | ReCAM (W_recam ⊙ W_cls) | ReCAM on relu(F) |")
     print("|---|---|---|---|---|---|")
     for folder in args.runs:
-        run = Run(load_run_config(folder / "config.yaml"), folder, progress=False)
+        run = Run(load_run_config(RunLayout(folder).config), folder, progress=False)
         val = run.dataset(run.cfg.data.val_split)
         model, objective = run.build_model(val.num_classes)
-        load_trained(model, folder / "train" / "model.pt", objective)
+        load_trained(model, run.model_path, objective)
         model.eval()
         w_cls = model.class_weights.detach()
         w_recam = objective.head.weight.detach()

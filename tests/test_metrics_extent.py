@@ -114,13 +114,14 @@ def test_profile_of_a_mask_folder_names_a_missing_or_mismatched_mask(tmp_path) -
     for sample in samples:  # predicting the ground truth itself: no error of either kind
         gt = read_label_png(tmp_path / "data" / "SegmentationClass" / f"{sample.stem}.png")
         save_label_png(masks / f"{sample.stem}.png", np.where(gt == 255, 0, gt).astype(np.uint8))
-    out = error_profile(masks, tmp_path / "data")
+    test_set = load_voc(tmp_path / "data", "test", allow_empty=True)
+    out = error_profile(masks, test_set)
     assert sum(out["fp_counts"]) == 0 and sum(out["fn_counts"]) == 0
     bad = masks / f"{samples[0].stem}.png"
     save_label_png(bad, np.zeros((8, 8), dtype=np.uint8))
     with pytest.raises(DataError, match=f"{samples[0].stem}.png.*shape"):
-        error_profile(masks, tmp_path / "data")
+        error_profile(masks, test_set)
     bad.unlink()
     with pytest.raises(DataError, match=f"{samples[0].stem}.png: label file not found"):
-        error_profile(masks, tmp_path / "data")
+        error_profile(masks, test_set)
 

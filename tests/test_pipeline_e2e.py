@@ -46,6 +46,7 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     test_stems = (run / "data/ImageSets/Segmentation/test.txt").read_text().split()
     masks = sorted(p.stem for p in (run / "masks/test").glob("*.png"))
     assert masks == sorted(test_stems)
+    assert not (run / "cams/train").exists() and not (run / "refined").exists()  # nothing asked for train maps
 
     # A second `demo` on the same folder skips every finished stage and reproduces the numbers.
     assert main(["demo", "--out", str(run), "--quiet", *TINY]) == 0

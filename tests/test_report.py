@@ -132,3 +132,21 @@ def test_draw_boxes_draws_inclusive_outlines_without_touching_the_input():
     assert labelled[2, 40].tolist() == [0, 128, 0]  # second box gets VOC colour 2
     with pytest.raises(ValueError, match="x1 < x0"):
         draw_boxes(image, [(5, 0, 1, 4, "bad")])
+
+
+def test_ladder_rows_from_a_metrics_dict():
+    from scarce.report.wsss import ladder_rows
+
+    metrics = {"protocol": {"threshold_chosen_on": "val", "scored_on": "test"}, "test": {"miou": 0.3125},
+               "refined": {"test": {"miou": 0.40}}, "masks": {"train": {"split": "train_aug", "miou": 0.5}},
+               "segmentation": {"test": {"miou": 0.45}}}
+    rows = ladder_rows(metrics)
+    assert [(r["stage"], r["mIoU"], r["scored on"]) for r in rows] == [
+        ("CAM seeds", 31.25, "test"), ("refined maps", 40.0, "test"),
+        ("pseudo masks: mask mIoU (train)", 50.0, "train_aug"), ("segmentation", 45.0, "test"),
+        ("fully supervised ceiling", "\u2014", "test"), ("segmentation / ceiling (%)", "\u2014", "test")]
+    assert [r["threshold chosen on"] for r in rows[:3]] == ["val"] * 3
+    metrics["ceiling"] = {"test": {"miou": 0.6}}
+    assert ladder_rows(metrics)[-1]["mIoU"] == pytest.approx(75.0)  # 45 / 60
+    seeds_only = ladder_rows({"protocol": metrics["protocol"], "test": {"miou": 0.25}})
+    assert [r["mIoU"] for r in seeds_only] == [25.0] + ["\u2014"] * 5

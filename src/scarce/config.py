@@ -182,6 +182,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        shorthand = getattr(tp, "config_shorthand", None)  # e.g. ``refine: [pamr]`` for ``[{name: pamr}]``
+        if shorthand is not None and isinstance(value, str):
+            value = {shorthand: value}
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -1,15 +1,24 @@
-"""WSSS commands: data generation, training, CAMs, masks, scoring and the demo. Each calls scarce.pipeline."""
+"""WSSS commands: data generation, training, CAMs, refinement, masks, scoring and the demo. Each calls scarce.pipeline.
+
+A pipeline stage becomes a command by one entry in :data:`STAGE_COMMANDS` (``scarce NAME RUN`` runs the
+stages of the run folder up to NAME, skipping finished ones).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from scarce.cli import add_optional_config, add_quiet, optional_config
 from scarce.config import merge, parse_overrides
+
+# stage name -> help; each is `scarce NAME RUN [--quiet]`
+STAGE_COMMANDS = {
+    "evaluate": "choose the background threshold on val, score test (CAMs made first if missing); writes metrics.json",
+    "refine": "refine the CAMs with the config's `refine:` chain, choose its threshold on val, score test",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     scenes.set_defaults(func=cmd_scenes)
 
     for name, func, text in (
-        ("run", cmd_run, "run the whole pipeline of a config: data, training, CAMs, threshold on val, scores on test"),
+        ("run", cmd_run, "run every stage of a config (data, training, CAMs, thresholds on val, refinement, pseudo masks, "
+                   "scores, report), skipping finished ones"),
         ("train", cmd_train, "train the classifier of a config (checkpoint every epoch; --resume continues)"),
     ):
         p = sub.add_parser(name, help=text)
@@ -51,16 +61,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     cam = sub.add_parser("cam", help="write CAMs of a split for a trained run")
     cam.add_argument("run", type=Path)
-    cam.add_argument("--split", action="append", help="split(s); default: the config's val and test splits")
+    cam.add_argument("--split", action="append",
+                     help="split(s); default: those the pipeline needs (val, test; train for refinement or train masks)")
     add_quiet(cam)
     cam.set_defaults(func=cmd_cam)
 
-    ev = sub.add_parser("evaluate", help="choose the background threshold on val, score test; writes metrics.json")
-    ev.add_argument("run", type=Path)
-    add_quiet(ev)
-    ev.set_defaults(func=cmd_evaluate)
+    for name, text in STAGE_COMMANDS.items():
+        stage = sub.add_parser(name, help=text)
+        stage.add_argument("run", type=Path)
+        add_quiet(stage)
+        stage.set_defaults(func=cmd_stage, stage=name)
 
-    masks = sub.add_parser("masks", help="turn a split's CAMs into label PNGs")
+    masks = sub.add_parser("masks", help="turn a split's refined maps (or CAMs, without refiners) into label PNGs "
+                                         "and score them against its ground truth")
     masks.add_argument("run", type=Path)
     masks.add_argument("--split", required=True)
     masks.add_argument("--threshold", type=float, help="background threshold (default: the one chosen on val)")
@@ -112,11 +125,13 @@ def _run_from_args(args: argparse.Namespace):
 
 def _existing_run(folder: Path, quiet: bool = True):
     from scarce.errors import ScarceError
+    from scarce.layout import RunLayout
     from scarce.pipeline import Run, load_run_config
 
-    if not (folder / "config.yaml").is_file():
+    config = RunLayout(folder).config
+    if not config.is_file():
         raise ScarceError(f"{folder}: not a run folder (no config.yaml); create one with `scarce train` or `scarce run`")
-    return Run(load_run_config(folder / "config.yaml"), folder, progress=not quiet)
+    return Run(load_run_config(config), folder, progress=not quiet)
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
@@ -137,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run.write_config()
     run.prepare_data()
     run.train(resume=args.resume)
-    print(f"trained model: {run.folder / 'train' / 'model.pt'}")
+    print(f"trained model: {run.model_path}")
     return 0
 
 
@@ -150,35 +165,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_cam(args: argparse.Namespace) -> int:
     run = _existing_run(args.run, args.quiet)
-    for split in args.split or [run.cfg.data.val_split, run.cfg.data.test_split]:
+    for split in args.split or run.cam_splits():
         print(f"CAMs of {split}: {run.extract_cams(split)}")
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from scarce.io import write_json
+def cmd_stage(args: argparse.Namespace) -> int:
+    from scarce.errors import ConfigError
 
     run = _existing_run(args.run, args.quiet)
-    metrics = run.evaluate()
-    write_json(run.folder / "metrics.json", metrics)
+    if not run.stage(args.stage).enabled(run):
+        raise ConfigError(f"{run.layout.config}: this configuration has no {args.stage!r} stage "
+                          f"(e.g. `refine: [pamr]` for refinement)")
+    metrics = run.run(until=args.stage, report=False)
     print_summary(metrics, run.folder)
     return 0
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
     from scarce.errors import ConfigError
-    from scarce.io import read_json
 
     run = _existing_run(args.run, args.quiet)
     if (args.fg is None) != (args.bg is None):
         raise ConfigError("give both --fg and --bg for confident masks")
     if args.fg is not None and args.threshold is not None:
         raise ConfigError("--threshold and --fg/--bg are alternatives")
-    threshold = args.threshold
-    if threshold is None and args.fg is None:
-        threshold = read_json(run.folder / "metrics.json")["threshold"]  # chosen on val by `scarce evaluate`
+    run.run(until="refine" if run.cfg.refine else "evaluate", report=False)  # the maps and their val thresholds
     confident = None if args.fg is None else (args.fg, args.bg)
-    print(f"masks: {run.write_masks(args.split, threshold if threshold is not None else args.bg, confident)}")
+    scores = run.pseudo_masks(args.split, args.threshold, confident)
+    print(f"masks: {run.layout.masks(args.split)}")
+    if scores is not None:
+        print(f"mask mIoU ({args.split}) {100 * scores['miou']:.2f}  FP {scores['fp']:.4f}  FN {scores['fn']:.4f}  "
+              f"labelled {100 * scores['labelled_fraction']:.1f} % of pixels")
     return 0
 
 
@@ -231,13 +249,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def print_summary(metrics: dict, folder: Path) -> None:
-    from scarce.report.wsss import summary_rows
+    from scarce.report.wsss import MISSING, ladder_rows, summary_rows
 
     rows = summary_rows(metrics)
     print(f"{'quantity':34s} {'value':>7s} {'thr':>5s}  chosen on -> scored on")
     for row in rows:
         print(f"{row['quantity']:34s} {100 * row['value']:7.2f} {row['threshold']:5.2f}  "
               f"{row['threshold chosen on']} -> {row['scored on']}")
+    reached = [row for row in ladder_rows(metrics)[1:] if row["mIoU"] != MISSING]
+    for row in reached:  # the rungs past the seeds that this run has reached
+        print(f"{row['stage']:34s} {row['mIoU']:7.2f} {'':5s}  {row['threshold chosen on']} -> {row['scored on']}")
     sources = sorted(set((metrics.get("data", {}).get("fashion_mnist") or {}).values()))
     if sources:  # the scenes, hence the numbers, depend on it: say which
         print(f"Fashion-MNIST objects from: {', '.join(sources)}")

@@ -1,14 +1,16 @@
-"""Compare CAM and the CAM method family under one protocol on the scenes benchmark.
+"""Compare CAM and the CAM method family under one protocol, on the scenes benchmark or any dataset.
 
     nice python benchmarks/compare_methods.py configs/methods/*.yaml --out runs/compare --seeds 0 1 2
 
 (``benchmarks/compare_methods.py`` calls :func:`main` here; ``scarce compare`` can call it too.)
 
-For every seed s the scenes benchmark is generated once (``data.scenes.seed = s``) and every method is run on
-it through :class:`scarce.pipeline.Run` (training seed s as well): train (or reuse) a classifier, fit what
-the CAM method learns from the training split, write CAMs of val and test, choose the background threshold
-on val and score test at it; the oracle Peak IoU (best threshold on test itself) is reported separately.
-Nothing is tuned on test ground truth.
+For every seed s, every method is run through the stages of :class:`scarce.pipeline.Run` (training seed s):
+train (or reuse) a classifier, fit what the CAM method learns from the training split, write CAMs, choose
+the background threshold on val and score test at it (the oracle Peak IoU, the best threshold on test
+itself, is reported separately), then whatever later stages the base config enables (``refine:``, pseudo
+masks of ``eval.mask_splits``). Nothing is tuned on test ground truth. The data: with the scenes benchmark
+and no ``data.root``, the scenes are generated once per seed (``data.scenes.seed = s``); any other dataset
+(``data.kind: voc | coco | folder`` with ``data.root``) is shared by the seeds, which then change training only.
 
 Each test mask is also profiled by :class:`scarce.metrics.extent.ErrorDistanceProfile`: ``FP far`` is the
 share of false-positive pixels farther than 16 px (one feature stride at 128 px) from any object (leakage
@@ -19,18 +21,16 @@ Cost is in CAM units, measured in the same run: a method's training time (includ
 starts from, for ReCAM and the inference-only methods) and its inference time (fitting on the training split,
 e.g. LPCAM's prototypes, plus the CAMs of val and test) are each divided by CAM's of the same seed.
 
-Outputs: ``OUT/seed<s>/<method>/`` (a pipeline run folder each), ``OUT/results.json``, ``OUT/table.md`` and
-``OUT/report.html`` (the table, and the methods side by side on the same test images). Finished runs are
-reused, so an interrupted comparison continues where it stopped.
+Outputs: ``OUT/seed<s>/<method>/`` (a pipeline run folder each, :class:`scarce.layout.RunLayout`),
+``OUT/results.json``, ``OUT/table.md`` and ``OUT/report.html`` (the table, and the methods side by side on the
+same test images). Finished runs are reused, so an interrupted comparison continues where it stopped.
 
 ``compare(configs, out, seeds, base, overrides)`` is the function behind ``scarce compare``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,10 +40,11 @@ import torch
 
 from scarce.cams.store import load_cam
 from scarce.config import changed_keys, from_dict, load_yaml, merge, parse_overrides
-from scarce.data.base import open_dataset
+from scarce.data.base import WeakDataset
 from scarce.data.scenes import generate_scenes
 from scarce.errors import ConfigError, DataError
 from scarce.io import read_json, read_label_png, write_json, write_text
+from scarce.layout import RunLayout
 from scarce.methods import MethodConfig, substitute_cam_model
 from scarce.metrics.extent import ErrorDistanceProfile
 from scarce.pipeline import Run, RunConfig, load_run_config
@@ -61,86 +62,98 @@ def load_method_config(path: str | Path) -> MethodConfig:
 
 
 class MethodRun(Run):
-    """A pipeline run whose classifier may start from another run's trained weights (``init_from``)."""
+    """A pipeline run of one method: its classifier may start from the CAM run's trained weights (``init_from``,
+    ``start_from: cam``) or be that classifier itself (``classifier``, ``start_from: none``: nothing to train)."""
 
-    def __init__(self, cfg: RunConfig, folder: str | Path, progress: bool = True, init_from: Path | None = None) -> None:
+    def __init__(self, cfg: RunConfig, folder: str | Path, progress: bool = True, init_from: Path | None = None,
+                 classifier: Path | None = None) -> None:
         super().__init__(cfg, folder, progress)
-        self.init_from = init_from
+        self.init_from, self.classifier = init_from, classifier
 
-    def build_model(self, num_classes: int):
+    @property
+    def model_path(self) -> Path:
+        return self.classifier if self.classifier is not None else super().model_path
+
+    def build_model(self, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
         model, objective = super().build_model(num_classes)
         if self.init_from is not None:
-            state = torch.load(self.init_from, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
+            load_trained(model, self.init_from)
         return model, objective
 
 
-def _seed_config(base: dict[str, Any], seed: int, data_root: Path) -> dict[str, Any]:
-    return merge(base, {"data": {"root": str(data_root), "scenes": {"seed": seed}}, "train": {"seed": seed}})
+def _seed_config(base: dict[str, Any], seed: int, data_root: Path | None) -> dict[str, Any]:
+    """The base config at one seed: training seed s, and the scenes of seed s where they are generated."""
+    seeded = merge(base, {"train": {"seed": seed}})
+    if data_root is None:
+        return seeded
+    return merge(seeded, {"data": {"root": str(data_root), "scenes": {"seed": seed}}})
 
 
-def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: Path, progress: bool) -> dict[str, Any]:
-    """Train/reuse, prepare, extract and score one method on one seed; returns metrics plus timings (seconds)."""
-    folder = seed_dir / method.name
-    cam_model = seed_dir / BASELINE / "train" / "model.pt"
+def _generated_data(base_cfg: RunConfig, seed_dir: Path) -> Path | None:
+    """Where a seed's scenes are generated, or None when the base config names a dataset."""
+    return seed_dir / "data" if base_cfg.data.kind == "scenes" and base_cfg.data.root is None else None
+
+
+def method_run(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: Path, progress: bool) -> MethodRun:
+    """The run folder ``seed_dir/<method>`` of one method on one seed, configured but not run."""
+    cam_model = RunLayout(seed_dir / BASELINE).model
     overrides = dict(method.run)
     if "objective_options" in overrides:
         overrides["objective_options"] = substitute_cam_model(overrides["objective_options"], str(cam_model))
-    cfg = load_run_config(None, merge(_seed_config(base, seed, seed_dir / "data"), overrides))
-    done = folder / "compare.json"
-    if done.is_file():
-        changed = changed_keys(load_run_config(folder / "config.yaml"), cfg, ignore=("data.root",))  # root follows --out
+    data_root = _generated_data(from_dict(RunConfig, base), seed_dir)
+    cfg = load_run_config(None, merge(_seed_config(base, seed, data_root), overrides))
+    return MethodRun(cfg, seed_dir / method.name, progress, init_from=cam_model if method.start_from == "cam" else None,
+                     classifier=cam_model if method.start_from == "none" else None)
+
+
+def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: Path, progress: bool) -> dict[str, Any]:
+    """Run (or reuse) one method on one seed through the pipeline's stages; returns its scores plus timings."""
+    run = method_run(method, base, seed, seed_dir, progress)
+    layout, cfg = run.layout, run.cfg
+    test_set = run.dataset(cfg.data.test_split, allow_empty=True)
+    if layout.compare_record.is_file():
+        # a generated dataset's root follows --out; a named one must be the same
+        ignore = ("data.root",) if _generated_data(from_dict(RunConfig, base), seed_dir) else ()
+        changed = changed_keys(load_run_config(layout.config), cfg, ignore=ignore)
         if changed:
-            raise ConfigError(f"{folder}: finished with another configuration ({', '.join(changed)} differ); "
+            raise ConfigError(f"{layout.root}: finished with another configuration ({', '.join(changed)} differ); "
                               "use another --out, or delete this folder to re-run it")
-        result = read_json(done)
+        result = read_json(layout.compare_record)
         if "error_profile" not in result:  # finished before profiles existed: the masks are all it needs
-            result["error_profile"] = error_profile(folder / "masks" / "test", seed_dir / "data")
-            write_json(done, result)
+            result["error_profile"] = error_profile(layout.masks(cfg.data.test_split), test_set)
+            write_json(layout.compare_record, result)
         return result
+    cam_model = RunLayout(seed_dir / BASELINE).model
     needs_cam = method.start_from in ("cam", "none") or "{cam_model}" in str(method.run)
     if method.name != BASELINE and needs_cam and not cam_model.is_file():
         raise ConfigError(f"{method.name} starts from the CAM classifier of seed {seed}, which is not trained yet")
-    run = MethodRun(cfg, folder, progress, init_from=cam_model if method.start_from == "cam" else None)
-    folder.mkdir(parents=True, exist_ok=True)
-    run.write_config()
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    if method.start_from == "none":
-        model, objective = run.build_model(run.dataset(cfg.data.train_split).num_classes)
-        load_trained(model, cam_model, None)
-    else:
-        model, objective = run.train(resume=True)
-    timings["train"] = run.timings.get("train", time.perf_counter() - started)
-    started = time.perf_counter()
-    cam_method = run.cam_method(model, objective)
-    timings["prepare"] = time.perf_counter() - started
-    for split in (cfg.data.val_split, cfg.data.test_split):
-        started = time.perf_counter()
-        run.extract_cams(split, model, cam_method)
-        timings[f"cam_{split}"] = time.perf_counter() - started
-    metrics = run.evaluate()
-    masks = run.write_masks(cfg.data.test_split, metrics["threshold"])
-    write_json(folder / "metrics.json", metrics)
+    if "test" not in cfg.eval.mask_splits:
+        raise ConfigError("the comparison profiles each method's test masks: keep 'test' in eval.mask_splits")
+    metrics = run.run(report=False)
+    stored = run.metrics()["timings_s"]
+    timings = {"train": stored.get("train", 0.0), "prepare": stored.get("prepare", 0.0),
+               **{k: v for k, v in stored.items() if k.startswith("cam_")}}
     extra = {}
     for attr in ("stats", "steps_taken"):
-        if hasattr(cam_method, attr):
-            extra[attr] = getattr(cam_method, attr)
+        if hasattr(run.prepared_method, attr):
+            extra[attr] = getattr(run.prepared_method, attr)
     result = {"method": method.name, "seed": seed, "start_from": method.start_from,
               "uses_cam_classifier": method.name != BASELINE and needs_cam, "timings_s": timings,
               "threshold": metrics["threshold"], "val_peak_miou": metrics["val_peak_miou"], "test": metrics["test"],
               "test_oracle": metrics["test_oracle"], "extra": extra,
-              "error_profile": error_profile(masks, seed_dir / "data", cfg.data.test_split)}
-    write_json(done, result)
+              "error_profile": error_profile(layout.masks(cfg.data.test_split), test_set)}
+    for later in ("refined", "masks"):  # the ladder's later rungs, where the base config enables them
+        if later in metrics:
+            result[later] = {k: v for k, v in metrics[later].items() if k != "curves"}
+    write_json(layout.compare_record, result)
     return result
 
 
-def error_profile(masks: Path, data_root: Path, split: str = "test") -> dict[str, object]:
-    """:class:`ErrorDistanceProfile` of a folder of masks against the scenes ground truth of ``split``."""
+def error_profile(masks: Path, dataset: WeakDataset) -> dict[str, object]:
+    """:class:`ErrorDistanceProfile` of a folder of masks against the ground truth of ``dataset``."""
     profile = ErrorDistanceProfile()
-    dataset = open_dataset("scenes", data_root, split, allow_empty=True)
     for sample in dataset.samples:
-        path = masks / f"{sample.stem}.png"
+        path = RunLayout.mask_file(masks, sample.stem)
         try:
             profile.update(read_label_png(path), dataset.load_mask(sample))
         except ValueError as exc:
@@ -200,8 +213,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], seed: int, count: int = 6) -> None:
-    """The table and, for the first test images of ``seed``, every method's CAM and mask side by side."""
+def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run], seed: int, count: int = 6) -> None:
+    """The table and, for the first test images, every method's CAM and mask side by side (``runs``: the
+    methods' runs of ``seed``, by name)."""
     from scarce.report.html import HtmlReport
     from scarce.report.visual import colorize_labels, overlay_heatmap
 
@@ -215,18 +229,19 @@ def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], seed
                    "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": r["fp_far"],
                    "FN deep": r["fn_deep"], "train cost": r["train_cost"],
                    "inference cost": r["infer_cost"]} for r in rows], caption="Methods", float_format="{:.2f}")
-    seed_dir = out / f"seed{seed}"
-    dataset = open_dataset("scenes", seed_dir / "data", "test", allow_empty=True)
+    baseline = runs[BASELINE]
+    test = baseline.cfg.data.test_split
+    dataset = baseline.dataset(test, allow_empty=True)
     heat_rows, mask_rows = [], []
     for sample in dataset.samples[:count]:
         image = dataset.load_image(sample)
         names = ", ".join(dataset.class_names[k] for k in sample.labels)
         heat = [(f"{sample.stem}: {names}", image)]
         masks = [("ground truth", colorize_labels(dataset.load_mask(sample)))]
-        for name in methods:
-            cams, _ = load_cam(seed_dir / name / "cams" / "test" / f"{sample.stem}.npz")
+        for name, run in runs.items():
+            cams, _ = load_cam(run.layout.map_file(run.layout.cams(test), sample.stem))
             heat.append((name, overlay_heatmap(image, cams.max(axis=0) if len(cams) else np.zeros(image.shape[:2]))))
-            masks.append((name, colorize_labels(read_label_png(seed_dir / name / "masks" / "test" / f"{sample.stem}.png"))))
+            masks.append((name, colorize_labels(read_label_png(run.layout.mask_file(run.layout.masks(test), sample.stem)))))
         heat_rows.append(heat)
         mask_rows.append(masks)
     report.gallery(heat_rows, caption=f"Seed {seed}, test images: CAM (max over the image's classes) per method", width=160)
@@ -237,10 +252,11 @@ def write_report(out: Path, rows: list[dict[str, Any]], methods: list[str], seed
 def compare(configs: Sequence[str | Path], out: str | Path, seeds: Sequence[int] = (0, 1, 2),
             base: str | Path | None = None, overrides: Sequence[str] | None = None,
             method_overrides: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Run CAM and every method config on the scenes benchmark for each seed; write and return the table.
+    """Run CAM and every method config for each seed; write and return the table.
 
     ``configs``: method YAML files (``configs/methods/*.yaml``; a ``cam`` baseline is added when missing).
-    ``base``: the benchmark's run config (default ``configs/methods/base.yaml``); ``overrides``: ``key=value``
+    ``base``: the benchmark's run config (default ``configs/methods/base.yaml``; any dataset, see the module
+    docstring); ``overrides``: ``key=value``
     strings applied to it (e.g. ``train.epochs=1`` for a smoke run); ``method_overrides``: per method name,
     ``key=value`` strings applied to that method's ``run`` settings (e.g. ``{"advcam": ["cam.options.adv_iter=2"]}``).
     """
@@ -250,8 +266,6 @@ def compare(configs: Sequence[str | Path], out: str | Path, seeds: Sequence[int]
         raise ConfigError(f"{base_path}: benchmark config not found (run from the repository root or pass base=)")
     base_data = merge(load_yaml(base_path), parse_overrides(list(overrides or [])))
     base_cfg = from_dict(RunConfig, base_data)
-    if base_cfg.data.kind != "scenes":
-        raise ConfigError("the comparison runs on the scenes benchmark (data.kind: scenes)")
     methods = [load_method_config(path) for path in configs]
     for name, items in (method_overrides or {}).items():
         matches = [i for i, m in enumerate(methods) if m.name == name]
@@ -270,8 +284,8 @@ def compare(configs: Sequence[str | Path], out: str | Path, seeds: Sequence[int]
     wall = time.perf_counter()
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
-        data_root = seed_dir / "data"
-        if not (data_root / "scenes.json").is_file():
+        data_root = _generated_data(base_cfg, seed_dir)
+        if data_root is not None and not (data_root / "scenes.json").is_file():
             generate_scenes(dataclasses.replace(base_cfg.data.scenes, seed=seed), data_root, progress=progress)
         for method in methods:
             started = time.perf_counter()
@@ -287,38 +301,6 @@ def compare(configs: Sequence[str | Path], out: str | Path, seeds: Sequence[int]
                "wall_s": time.perf_counter() - wall, "environment": environment(), "per_seed": results}
     write_json(out / "results.json", summary)
     write_text(out / "table.md", table)
-    write_report(out, rows, [m.name for m in methods], seeds[0])
+    first = {m.name: method_run(m, base_data, seeds[0], out / f"seed{seeds[0]}", progress) for m in methods}
+    write_report(out, rows, first, seeds[0])
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("configs", nargs="+", type=Path, help="method configs (configs/methods/*.yaml)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--base", type=Path, default=None, help=f"benchmark run config (default {DEFAULT_BASE})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a base config value, e.g. --set train.epochs=1")
-    parser.add_argument("--set-method", dest="method_overrides", action="append", default=[],
-                        metavar="METHOD:KEY=VALUE", help="override a method's run setting, e.g. advcam:cam.options.adv_iter=8")
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args(argv)
-    per_method: dict[str, list[str]] = {}
-    for item in args.method_overrides:
-        name, _, setting = item.partition(":")
-        if not setting:
-            raise ConfigError(f"--set-method {item!r} must look like METHOD:KEY=VALUE")
-        per_method.setdefault(name, []).append(setting)
-    base = args.base or DEFAULT_BASE
-    # a shell glob such as configs/methods/*.yaml also matches the benchmark configs, which are not methods
-    benchmarks = {base.resolve(), DEFAULT_BASE.resolve()}
-    configs = [p for p in args.configs if p.resolve() not in benchmarks]
-    summary = compare(configs, args.out, args.seeds, args.base, args.overrides, per_method, args.progress)
-    print()
-    print(markdown_table(summary["rows"]), end="")
-    print(f"wall time {summary['wall_s']:.0f} s; table: {args.out / 'table.md'}; report: {args.out / 'report.html'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

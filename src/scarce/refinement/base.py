@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -74,6 +74,7 @@ class RefineStep:
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    config_shorthand: ClassVar[str] = "name"  # scarce.config reads a bare string as ``{name: <string>}``
 
 
 def build_refiner(step: RefineStep | str) -> Refiner:

@@ -1,18 +1,23 @@
-"""The HTML report of a WSSS run: protocol, per-class IoU, threshold curves and a gallery of test images."""
+"""The HTML report of a WSSS run: protocol, the ladder, per-class IoU, threshold curves and a gallery of test images.
+
+It reads only the run folder (:class:`scarce.layout.RunLayout`), the metrics and the test split, never the
+pipeline, so that the pipeline can import it.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from scarce.cams.store import load_cam
+from scarce.data.base import WeakDataset
 from scarce.io import read_label_png
+from scarce.layout import RunLayout
 from scarce.report.html import HtmlReport
 from scarce.report.visual import colorize_labels, overlay_heatmap
 
-if TYPE_CHECKING:
-    from scarce.pipeline import Run
+MISSING = "\u2014"  # a rung of the ladder that this run has not reached
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, object]]:
@@ -32,47 +37,97 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, object]]:
     ]
 
 
-def write_report(run: "Run", metrics: dict[str, Any]) -> None:
-    cfg = run.cfg
-    report = HtmlReport("scarce WSSS run", subtitle=str(run.folder))
+def _at(metrics: dict[str, Any], *keys: str) -> Any:
+    """``metrics[k0][k1]...`` or None where a level is missing (a stage that did not run)."""
+    node: Any = metrics
+    for key in keys:
+        if not isinstance(node, dict) or node.get(key) is None:
+            return None
+        node = node[key]
+    return node
+
+
+def ladder_rows(metrics: dict[str, Any]) -> list[dict[str, object]]:
+    """The papers' ladder: seeds → refined maps → pseudo masks on train → segmentation → fully supervised ceiling.
+
+    Every rung is an mIoU in percent (``—`` where the run has no such stage); the mask rung is scored on the
+    train split the masks are made for ("mask mIoU (train)"), the others on test. Thresholds of seeds,
+    refined maps and masks are chosen on val.
+    """
+    val, test = metrics["protocol"]["threshold_chosen_on"], metrics["protocol"]["scored_on"]
+    train_split = _at(metrics, "masks", "train", "split") or "train"
+    rungs = [
+        ("CAM seeds", ("test", "miou"), test, val),
+        ("refined maps", ("refined", "test", "miou"), test, val),
+        ("pseudo masks: mask mIoU (train)", ("masks", "train", "miou"), train_split, val),
+        ("segmentation", ("segmentation", "test", "miou"), test, "\u2013"),
+        ("fully supervised ceiling", ("ceiling", "test", "miou"), test, "\u2013"),
+    ]
+    rows: list[dict[str, object]] = []
+    for name, keys, scored_on, chosen_on in rungs:
+        value = _at(metrics, *keys)
+        rows.append({"stage": name, "mIoU": MISSING if value is None else 100 * float(value),
+                     "scored on": scored_on, "threshold chosen on": chosen_on})
+    weak, full = _at(metrics, "segmentation", "test", "miou"), _at(metrics, "ceiling", "test", "miou")
+    ratio = 100 * float(weak) / float(full) if weak is not None and full else None
+    rows.append({"stage": "segmentation / ceiling (%)", "mIoU": MISSING if ratio is None else ratio,
+                 "scored on": test, "threshold chosen on": "\u2013"})
+    return rows
+
+
+def write_report(layout: RunLayout, metrics: dict[str, Any], description: str, dataset: WeakDataset,
+                 gallery: int) -> None:
+    """report.html of a run: ``description`` is the recipe in one sentence, ``dataset`` the scored test split."""
+    val, test = metrics["protocol"]["threshold_chosen_on"], metrics["protocol"]["scored_on"]
+    report = HtmlReport("scarce WSSS run", subtitle=str(layout.root))
     report.heading("Protocol")
     report.paragraph(
-        f"Classifier {cfg.model.backbone} (pretrained: {cfg.model.pretrained}), objective {cfg.objective}, "
-        f"CAM method {cfg.cam.method}, scales {list(cfg.cam.scales)}, flip {cfg.cam.flip}, "
-        f"normalisation {cfg.cam.normalize}. {metrics['protocol']['rule']}. "
-        f"The threshold is chosen on '{metrics['protocol']['threshold_chosen_on']}' and applied to "
-        f"'{metrics['protocol']['scored_on']}'; the oracle row uses the scored split's own ground truth."
+        f"{description} {metrics['protocol']['rule']}. The threshold is chosen on '{val}' and applied to "
+        f"'{test}'; the oracle row uses the scored split's own ground truth."
     )
     report.table(summary_rows(metrics), caption="Summary")
+    report.table(ladder_rows(metrics), caption="The ladder: mIoU (%) from seeds to a segmentation model",
+                 float_format="{:.1f}")
     classes = metrics["classes"]
     report.table([{"class": name, "IoU": iou} for name, iou in zip(classes, metrics["test"]["iou"])],
-                 caption=f"Per-class IoU on {metrics['protocol']['scored_on']}")
-    curves = metrics["curves"]
-    report.line_plot(
-        curves["thresholds"],
-        {f"{cfg.data.val_split} mIoU": curves["val_miou"], f"{cfg.data.test_split} mIoU": curves["test_miou"]},
-        xlabel="background threshold", ylabel="mIoU", title="mIoU versus background threshold",
-        markers={f"chosen on {cfg.data.val_split}": (metrics["threshold"], metrics["test"]["miou"])},
-    )
-    report.gallery(gallery_rows(run, cfg.data.test_split, cfg.eval.gallery),
-                   caption="Test images: image | ground truth | CAM (max over the image's classes) | pseudo mask",
-                   width=192)
-    report.save(run.folder / "report.html")
+                 caption=f"Per-class IoU on {test}")
+    curves = {f"{val} mIoU": metrics["curves"]["val_miou"], f"{test} mIoU": metrics["curves"]["test_miou"]}
+    markers = {f"chosen on {val}": (metrics["threshold"], metrics["test"]["miou"])}
+    refined = metrics.get("refined")
+    if refined:
+        curves.update({f"{val} mIoU (refined)": refined["curves"]["val_miou"],
+                       f"{test} mIoU (refined)": refined["curves"]["test_miou"]})
+        markers[f"refined, chosen on {val}"] = (refined["threshold"], refined["test"]["miou"])
+    report.line_plot(metrics["curves"]["thresholds"], curves, xlabel="background threshold", ylabel="mIoU",
+                     title="mIoU versus background threshold", markers=markers)
+    rows = gallery_rows(layout, dataset, gallery)
+    columns = " | ".join(caption for caption, _ in rows[0][1:]) if rows else ""
+    report.gallery(rows, caption=f"Test images: image | {columns}", width=192)
+    report.save(layout.report)
 
 
-def gallery_rows(run: "Run", split: str, count: int) -> list[list[tuple[str, np.ndarray]]]:
-    dataset = run.dataset(split, allow_empty=True)
+def gallery_rows(layout: RunLayout, dataset: WeakDataset, count: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Image, ground truth, CAM, then the refined map, pseudo mask and segmentation where the run has them."""
+    split = dataset.split
+    refined, masks, segmented = layout.refined(split), layout.masks(split), layout.segment_pred(split)
     rows = []
     for sample in dataset.samples[:count]:
         image = dataset.load_image(sample)
-        cams, keys = load_cam(run.folder / "cams" / split / f"{sample.stem}.npz")
-        heat = cams.max(axis=0) if len(cams) else np.zeros(image.shape[:2], np.float32)
+        cams, keys = load_cam(layout.map_file(layout.cams(split), sample.stem))
         names = ", ".join(dataset.class_names[k] for k in keys)
-        pseudo = read_label_png(run.folder / "masks" / split / f"{sample.stem}.png")
-        rows.append([
-            (f"{sample.stem}: {names}", image),
-            ("ground truth", colorize_labels(dataset.load_mask(sample))),
-            ("CAM", overlay_heatmap(image, heat)),
-            ("pseudo mask", colorize_labels(pseudo)),
-        ])
+        row = [(f"{sample.stem}: {names}", image), ("ground truth", colorize_labels(dataset.load_mask(sample))),
+               ("CAM", overlay_heatmap(image, _heat(cams, image)))]
+        if refined.is_dir():
+            maps, _ = load_cam(layout.map_file(refined, sample.stem))
+            row.append(("refined", overlay_heatmap(image, _heat(maps, image))))
+        if masks.is_dir():
+            row.append(("pseudo mask", colorize_labels(read_label_png(layout.mask_file(masks, sample.stem)))))
+        if segmented.is_dir():
+            row.append(("segmentation", colorize_labels(read_label_png(layout.mask_file(segmented, sample.stem)))))
+        rows.append(row)
     return rows
+
+
+def _heat(maps: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Max over the image's classes (zeros for an image without classes)."""
+    return maps.max(axis=0) if len(maps) else np.zeros(image.shape[:2], np.float32)
