@@ -192,28 +192,44 @@ def test_stage_commands_refine_and_masks_of_any_split(refined_run, tmp_path, cap
     assert f"mask mIoU (val) {expected:.2f}" in capsys.readouterr().out
 
 
-def test_a_later_stage_plugs_in_before_the_report(refined_run, tmp_path):
-    """The extension point of the segmentation stage: one more Stage whose scores reach metrics and the report."""
-    source, cfg, metrics = refined_run
+SEGMENT = {"model": {"encoder": "test_efficientnet", "pretrained": None, "decoder_channels": 32},
+           "train": {"epochs": 1, "batch_size": 4, "augment": {"crop_size": 64}}, "scales": [1.0], "flip": False}
+
+
+def test_segment_and_ceiling_stages_train_on_the_masks_and_score_val_and_test(refined_run, tmp_path):
+    """The segment stage learns from the train split's pseudo masks, the ceiling from its ground truth; both
+    are scored on val and test from the PNGs they write (checked with scikit-learn), and reach the ladder."""
+    source, _, metrics = refined_run
     folder = tmp_path / "run"
     shutil.copytree(source, folder)
-
-    def segment(run: Run) -> None:  # stands in for scarce.segmentation: predicts the test pseudo masks
-        pred = run.layout.segment_pred("test")
-        pred.mkdir(parents=True)
-        for png in run.layout.masks("test").glob("*.png"):
-            shutil.copy(png, pred / png.name)
-        run.write_scores("segmentation", {"test": {"miou": 0.5}})
-
-    stage = Stage("segment", segment, scores="segmentation", reads=lambda run: [run.layout.masks("test")],
-                  writes=lambda run: [run.layout.scores("segmentation")])
-    stages = [*STAGES[:-1], stage, STAGES[-1]]
-    out = Run(cfg, folder, progress=False, stages=stages).run()
-    assert out["segmentation"] == {"test": {"miou": 0.5}} and out["masks"] == metrics["masks"]
+    cfg = _config(Path(metrics["data"]["root"]), refine=["test_square"], segment=SEGMENT,
+                  eval={"mask_splits": ["test"], "gallery": 2})  # train masks come from the segment stage's needs
+    (folder / "config.yaml").write_text(dump_yaml(cfg))  # as if made with this config: the earlier stages are the same
+    out = Run(cfg, folder, progress=False).run()
+    layout = RunLayout(folder)
+    assert out["masks"] == metrics["masks"]  # the finished stages were reused, train masks included
+    for name, model_folder in (("segmentation", layout.segment), ("ceiling", layout.ceiling)):
+        assert (model_folder / "model.pt").is_file() and (model_folder / "train_log.csv").is_file()
+        for role in ("val", "test"):
+            dataset = open_dataset("scenes", Path(metrics["data"]["root"]), role)
+            pred = [read_label_png(layout.predictions(model_folder, role) / f"{s.stem}.png") for s in dataset.samples]
+            expected = _miou(pred, [dataset.load_mask(s) for s in dataset.samples], dataset.num_classes + 1)
+            assert out[name][role]["miou"] == pytest.approx(expected, abs=1e-9)
+    assert "pseudo masks" in out["segmentation"]["trained_on"] and "ground-truth" in out["ceiling"]["trained_on"]
     html = (folder / "report.html").read_text()
-    assert "<figcaption>segmentation</figcaption>" in html and "<td class=\"num\">50.0</td>" in html
-    # a stage that reads what no earlier stage wrote is refused with the path
-    orphan = Stage("orphan", segment, reads=lambda run: [run.layout.ceiling], writes=lambda run: [run.layout.ceiling])
+    assert "<figcaption>segmentation</figcaption>" in html and "segmentation / ceiling" in html
+    # done stages are skipped: a second run rewrites nothing
+    before = _mtimes(folder)
+    Run(cfg, folder, progress=False).run()
+    assert _mtimes(folder) == before
+
+
+def test_a_stage_reading_what_no_earlier_stage_wrote_is_refused(refined_run, tmp_path):
+    source, cfg, _ = refined_run
+    folder = tmp_path / "run"
+    shutil.copytree(source, folder)
+    orphan = Stage("orphan", lambda run: None, reads=lambda run: [run.layout.ceiling],
+                   writes=lambda run: [run.layout.ceiling])
     with pytest.raises(ScarceError, match=r"stage 'orphan' reads .*ceiling"):
         Run(cfg, folder, progress=False, stages=[*STAGES[:-1], orphan]).run()
 

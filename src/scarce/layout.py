@@ -99,7 +99,12 @@ class RunLayout:
         return self.root / "segment"
 
     def segment_pred(self, split: str) -> Path:
-        return self.segment / "pred" / split
+        return self.predictions(self.segment, split)
+
+    @staticmethod
+    def predictions(model_folder: Path, split: str) -> Path:
+        """Label PNGs a segmentation model (``segment/`` or ``ceiling/``) predicted for a split."""
+        return model_folder / "pred" / split
 
     @property
     def ceiling(self) -> Path:

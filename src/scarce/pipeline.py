@@ -11,15 +11,18 @@ image). A stage that runs makes every later stage run again (each still reuses i
     evaluate  background threshold chosen on val, scored on test          → scores/seeds.json
     refine    the ``refine:`` chain on every CAM split; its own threshold chosen on val, scored on test
                                                                           → refined/<split>, scores/refined.json
-    masks     pseudo masks of ``eval.mask_splits`` from the refined maps (else the seeds) at the val-chosen
-              threshold, scored against each split's ground truth ("mask mIoU (train)") → masks/<split>
+    masks     pseudo masks of ``eval.mask_splits`` (and train, for the segmentation model) from the refined maps
+              (else the seeds) at the val-chosen threshold, scored against each split's ground truth
+              ("mask mIoU (train)")                                       → masks/<split>
+    segment   DeepLabV3+ trained on the train split's pseudo masks (``segment:``), scored on val and test
+                                                                          → segment/, scores/segmentation.json
+    ceiling   the same model and recipe trained on the train split's ground-truth masks: the fully
+              supervised ceiling (``segment.ceiling``)                    → ceiling/, scores/ceiling.json
     report    metrics.json (the seeds' keys at the top level, each later stage's scores under its name) and
               report.html
 
-Extension point: a later stage (the segmentation model, its fully supervised ceiling) is one more
-:class:`Stage` inserted before ``report`` in :data:`STAGES`; a stage with ``scores="segmentation"`` that
-writes ``scores/segmentation.json`` as ``{"test": {"miou": ...}, ...}`` appears in metrics.json and in the
-report's ladder.
+A further stage is one more :class:`Stage` in :data:`STAGES`; one with ``scores=NAME`` that writes
+``scores/NAME.json`` appears in metrics.json under NAME.
 
 Protocol: every threshold is chosen on the validation split and applied to the split being scored; the
 sweep on the test split itself (its maximum is the oracle Peak IoU) is reported separately, labelled as an
@@ -51,6 +54,7 @@ from scarce.provenance import environment
 from scarce.pseudo.masks import cams_to_confident_labels, cams_to_labels, save_label_png
 from scarce.refinement import RefineContext, Refiner, RefinerChain, RefineStep
 from scarce.report.wsss import write_report
+from scarce.segmentation import GROUND_TRUTH, MaskSource, SegmentConfig, evaluate_split, load_segmenter, train_segmenter
 from scarce.training import TrainConfig, build_objective, load_trained, to_tensor, train_classifier
 
 import scarce.methods  # noqa: E402,F401  (registers the CAM method family's objectives and CAM methods)
@@ -103,6 +107,8 @@ class RunConfig:
     # refiners applied in order to the seed CAMs (``[pamr, {name: crf, options: {...}}]``); empty: seeds only
     refine: tuple[RefineStep, ...] = ()
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # the segmentation model trained on the train split's pseudo masks (and its ceiling); None: no such stage
+    segment: SegmentConfig | None = None
 
 
 def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -278,7 +284,7 @@ class Run:
 
     def cam_splits(self) -> list[str]:
         """Splits that need CAMs: val and test always; train when refinement or train masks read it."""
-        roles = {"val", "test", *self.cfg.eval.mask_splits}
+        roles = {"val", "test", *self.mask_roles}
         if self.cfg.refine:  # trainable refiners (the affinity network) learn from the train split's seeds
             roles.add("train")
         return list(dict.fromkeys(self.split(role) for role in ROLES if role in roles))
@@ -427,7 +433,7 @@ class Run:
         if same and is_complete(out):
             return out
         clear_complete(out)
-        if not same and split in map(self.split, self.cfg.eval.mask_splits):
+        if not same and split in map(self.split, self.mask_roles):
             self.layout.scores("masks").unlink(missing_ok=True)  # no longer these files' scores: the stage reruns
         write_json(source_path, source)
         dataset = self.dataset(split, allow_empty=True)
@@ -483,16 +489,50 @@ class Run:
         return self.score_masks(split)
 
     def masks(self) -> None:
-        """Pseudo masks of ``eval.mask_splits`` at the val-chosen thresholds, scored where there is ground truth."""
+        """Pseudo masks of :attr:`mask_roles` at the val-chosen thresholds, scored where there is ground truth."""
         threshold, confident = self.default_mask_thresholds()
         scores: dict[str, Any] = {}
-        for role in self.cfg.eval.mask_splits:
+        for role in self.mask_roles:
             scored = self.pseudo_masks(self.split(role), threshold, confident)
             if scored is not None:
                 scores[role] = {**scored, "maps": self.mask_maps, "threshold": threshold,
                                 "confident": list(confident) if confident else None,
                                 "threshold_chosen_on": self.cfg.data.val_split}
         self.write_scores("masks", scores)
+
+    @property
+    def mask_roles(self) -> tuple[str, ...]:
+        """Split roles that get pseudo masks: ``eval.mask_splits``, and train when a segmentation model learns them."""
+        roles = self.cfg.eval.mask_splits
+        return roles if self.cfg.segment is None or "train" in roles else ("train", *roles)
+
+    # -- segmentation -------------------------------------------------------------------------------
+    def segment(self) -> None:
+        """DeepLabV3+ on the train split's pseudo masks, scored on val and test (predictions written)."""
+        self._segment_on(self.layout.masks(self.cfg.data.train_split), self.layout.segment, "segmentation")
+
+    def ceiling(self) -> None:
+        """The same model and recipe on the train split's ground-truth masks: the fully supervised ceiling."""
+        self._segment_on(GROUND_TRUTH, self.layout.ceiling, "ceiling")
+
+    def _segment_on(self, masks: MaskSource, folder: Path, name: str) -> None:
+        cfg = self.cfg.segment
+        assert cfg is not None, "the segment stages run only with a segment: section"
+        train_set = self.dataset(self.cfg.data.train_split)
+        with self._timed(f"{name}_train"):
+            path = train_segmenter(cfg, train_set, masks, folder, resume=self.resume, progress=self.progress)
+        model = load_segmenter(cfg, train_set.num_classes, path)
+        trained_on = ("ground-truth masks" if masks is GROUND_TRUTH else
+                      f"pseudo masks ({self.mask_maps}, threshold chosen on {self.cfg.data.val_split})")
+        scores: dict[str, Any] = {"trained_on": f"{self.cfg.data.train_split}: {trained_on}",
+                                  "inference": {"scales": list(cfg.scales), "flip": cfg.flip, "refine": list(cfg.refine)}}
+        for role in ("val", "test"):
+            split = self.split(role)
+            with self._timed(f"{name}_{split}"):
+                scored = evaluate_split(model, self.scored_dataset(split), cfg, self.layout.predictions(folder, split),
+                                        progress=self.progress)
+            scores[role] = {key: scored[key] for key in ("miou", "iou", "fp", "fn", "precision", "recall")}
+        self.write_scores(name, scores)
 
     # -- results ------------------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
@@ -551,10 +591,10 @@ def _markers(run: Run, kind: str) -> list[Path]:
 
 
 def _mask_markers(run: Run) -> list[Path]:
-    return [run.layout.masks(run.split(role)) / COMPLETE for role in run.cfg.eval.mask_splits]
+    return [run.layout.masks(run.split(role)) / COMPLETE for role in run.mask_roles]
 
 
-# The pipeline, in order. A later stage (segmentation, its fully supervised ceiling) is one more entry here.
+# The pipeline, in order.
 STAGES: tuple[Stage, ...] = (
     Stage("data", Run.prepare_data, writes=lambda run: [run.data_root / "scenes.json"] if run.generates_data else []),
     Stage("train", Run.train_stage, writes=lambda run: [run.model_path]),
@@ -564,9 +604,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("refine", Run.refine, enabled=lambda run: bool(run.cfg.refine), scores="refined",
           reads=lambda run: [run.layout.scores("seeds"), *_markers(run, "cams")],
           writes=lambda run: [*_markers(run, "refined"), run.layout.scores("refined")]),
-    Stage("masks", Run.masks, enabled=lambda run: bool(run.cfg.eval.mask_splits), scores="masks",
+    Stage("masks", Run.masks, enabled=lambda run: bool(run.mask_roles), scores="masks",
           reads=lambda run: [run.layout.scores(SCORES_OF_MAPS[run.mask_maps])],
           writes=lambda run: [*_mask_markers(run), run.layout.scores("masks")]),
+    Stage("segment", Run.segment, enabled=lambda run: run.cfg.segment is not None, scores="segmentation",
+          reads=lambda run: [run.layout.masks(run.cfg.data.train_split) / COMPLETE],
+          writes=lambda run: [run.layout.scores("segmentation")]),
+    Stage("ceiling", Run.ceiling, enabled=lambda run: run.cfg.segment is not None and run.cfg.segment.ceiling,
+          scores="ceiling", writes=lambda run: [run.layout.scores("ceiling")]),
     Stage("report", Run.report, reads=lambda run: [run.layout.scores("seeds")],
           writes=lambda run: [run.layout.metrics, run.layout.report]),
 )

@@ -18,6 +18,8 @@ from scarce.config import merge, parse_overrides
 STAGE_COMMANDS = {
     "evaluate": "choose the background threshold on val, score test (CAMs made first if missing); writes metrics.json",
     "refine": "refine the CAMs with the config's `refine:` chain, choose its threshold on val, score test",
+    "segment": "train the segmentation model (`segment:`) on the train split's pseudo masks, score val and test",
+    "ceiling": "train the same segmentation recipe on ground-truth train masks (the fully supervised ceiling)",
 }
 
 
@@ -176,7 +178,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     run = _existing_run(args.run, args.quiet)
     if not run.stage(args.stage).enabled(run):
         raise ConfigError(f"{run.layout.config}: this configuration has no {args.stage!r} stage "
-                          f"(e.g. `refine: [pamr]` for refinement)")
+                          f"(e.g. `refine: [pamr]` for refinement, "
+                          "`segment: {}` for segmentation)")
     metrics = run.run(until=args.stage, report=False)
     print_summary(metrics, run.folder)
     return 0

@@ -67,6 +67,7 @@ class SegmentConfig:
     scales: tuple[float, ...] = (1.0, 0.75, 1.25)  # inference: softmax averaged over these scales ...
     flip: bool = True  # ... and their horizontal flips
     refine: tuple[str, ...] = ()  # refiners applied to the predicted class probabilities, e.g. ("crf",)
+    ceiling: bool = True  # in a pipeline run: also train this recipe on ground-truth masks (the fully supervised ceiling)
 
 
 class PixelCrossEntropy(Objective):
