@@ -75,6 +75,8 @@ def test_changed_keys_names_the_dotted_keys_that_differ():
     (["cam.percentile=0"], r"cam.percentile: must be in \(0, 100\], got 0.0"),
     (["eval.threshold_step=0"], r"eval.threshold_step: must be in \(0, 1\), got 0.0"),
     (["eval.mask_mode=confidnet"], "eval.mask_mode: must be one of threshold, confident, got 'confidnet'"),
+    (["eval.mask_splits=[trian]"], r"eval.mask_splits: must be a list of distinct items of train, val, test, got \['trian'\]"),
+    (["eval.mask_splits=[test,test]"], "eval.mask_splits: must be a list of distinct items"),
     (["data.scenes.n=0"], "scenes: n must be >= 1, got 0"),
 ])
 def test_out_of_range_run_config_values_name_the_key_and_value(overrides, message):

@@ -52,6 +52,11 @@ def each(rule: Rule) -> Rule:
     return Rule(lambda v: len(v) > 0 and all(rule.test(x) for x in v), f"a non-empty list, each {rule.requirement}")
 
 
+def subset_of(*choices: str) -> Rule:
+    """A list (possibly empty) of distinct items from ``choices``."""
+    return Rule(lambda v: len(set(v)) == len(v) and set(v) <= set(choices), f"a list of distinct items of {', '.join(choices)}")
+
+
 def optional(rule: Rule) -> Rule:
     return Rule(lambda v: v is None or rule.test(v), f"null or {rule.requirement}")
 
@@ -74,6 +79,7 @@ RANGES: dict[str, dict[str, Rule]] = {
     "scarce.pipeline.EvalConfig": {
         "threshold_step": within(0, 1, low_open=True, high_open=True), "fg_margin": FRACTION,
         "bg_margin": FRACTION, "mask_mode": one_of("threshold", "confident"), "gallery": at_least(0),
+        "mask_splits": subset_of("train", "val", "test"),
     },
     "scarce.models.classifier.ModelConfig": {"tap_tau": above(0)},
     "scarce.localization.evaluate.WsolMetricsConfig": {

@@ -85,13 +85,6 @@ class EvalConfig:
     mask_splits: tuple[str, ...] = ("test",)
     gallery: int = 8
 
-    def __post_init__(self) -> None:
-        if self.mask_mode not in ("threshold", "confident"):
-            raise ConfigError(f"eval.mask_mode must be 'threshold' or 'confident', got {self.mask_mode!r}")
-        unknown = [role for role in self.mask_splits if role not in ROLES]
-        if unknown:
-            raise ConfigError(f"eval.mask_splits takes split roles {ROLES}, got {unknown}")
-
     def thresholds(self) -> np.ndarray:
         return np.round(np.arange(0.0, 1.0, self.threshold_step), 6)
 
