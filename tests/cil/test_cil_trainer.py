@@ -27,6 +27,11 @@ def kill_after(n_steps):
     ("podnet", 5, ("method.balanced_finetune_epochs=2",)),
     ("lucir", 10, ("method.balanced_finetune=true", "method.balanced_finetune_epochs=2",
                    "method.balanced_finetune_milestones=[1]")),
+    # killed mid-phase 2: the checkpoint holds the two-branch network, its teacher, the aggregation optimiser
+    # (AANets) and the learned exemplar images of phases 0 and 1 (Mnemonics)
+    ("lucir_aanets", 26, ("method.aggregation_lr=0.01",)),
+    ("podnet_aanets", 26, ("method.aggregation_lr=0.01", "method.balanced_finetune_epochs=2")),
+    ("mnemonics", 26, ("method.outer_lr=1.0", "method.inner_steps=2")),
 ])
 def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, extra, tmp_path):
     # 2 epochs per phase, checkpoints every 3 steps: the kill lands mid-phase, between two checkpoints.
