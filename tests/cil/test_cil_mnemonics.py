@@ -92,7 +92,8 @@ def test_memory_serves_learned_images_in_place_of_the_training_images():
 
 
 def test_mnemonics_stores_optimised_images_of_every_class_after_the_run(tmp_path):
-    cfg = tiny_config("mnemonics", "method.outer_lr=1.0", "method.inner_steps=2")
+    cfg = tiny_config("mnemonics", "method.outer_lr=1.0", "method.inner_steps=2", "data.train_per_class=12",
+                      "data.test_per_class=4")
     run(cfg, tmp_path, progress=False)
     memory = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["memory"]
     data = load_data(cfg)

@@ -134,9 +134,9 @@ class AANetsMixin(Learner):
         self.net.backbone = AANetsBackbone.from_backbone(self.net.backbone)
         return self.net.backbone
 
-    def _new_aggregation_optimizer(self, ctx_weight_decay: float) -> None:
+    def _new_aggregation_optimizer(self, weight_decay: float) -> None:
         self.aggregation_optimizer = torch.optim.SGD([self.aanets.aggregation], lr=self.params.aggregation_lr,
-                                                     momentum=0.9, weight_decay=ctx_weight_decay)
+                                                     momentum=0.9, weight_decay=weight_decay)
 
     def before_phase(self, ctx: PhaseContext) -> None:
         # Converted before the teacher snapshot and the imprinting: the converted network computes what the
@@ -199,7 +199,7 @@ class AANetsMixin(Learner):
         super().load_state_dict(state)
         self.aggregation_optimizer = None
         if state["aggregation_optimizer"] is not None:
-            self._new_aggregation_optimizer(0.0)
+            self._new_aggregation_optimizer(0.0)  # the saved state restores the weight decay and momentum
             self.aggregation_optimizer.load_state_dict(state["aggregation_optimizer"])
 
 

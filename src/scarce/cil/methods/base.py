@@ -42,9 +42,9 @@ class PhaseContext:
     flips: bool  # the dataset's augmentation flips images (NME means then average each image with its flip)
     load: Callable[[np.ndarray, torch.Generator | None], torch.Tensor]  # train images → normalised batch on device
     generator: Callable[..., torch.Generator]  # generator("tag", ...) seeded from (run seed, phase, tags)
+    pixels: Callable[[torch.Tensor], torch.Tensor]  # normalised batch → pixel scale 0-255 (CPU), inverse of load's
     batch_size: int = 128
     weight_decay: float = 0.0  # the run's train.weight_decay (LUCIR's class-balanced finetuning uses it too)
-    pixels: Callable[[torch.Tensor], torch.Tensor] | None = None  # normalised batch → pixel scale 0-255 (CPU)
 
     @property
     def n_seen(self) -> int:

@@ -111,6 +111,8 @@ class MnemonicsMixin(Learner):
         the ``query`` training indices of a classifier trained on them plus the ``fixed`` images."""
         p = self.params
         sizes = [len(x) for x in learn]
+        if not sum(sizes) or not len(query):
+            return learn
         x = torch.cat(learn).detach().clone().requires_grad_(True)
         y = torch.cat([torch.full((n,), c, dtype=torch.long) for n, c in zip(sizes, learn_labels)]).to(ctx.device)
         backbone, head = self.net.backbone, self.net.head
