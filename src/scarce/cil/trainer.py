@@ -296,7 +296,7 @@ class Trainer:
                     for callback in self.callbacks:
                         callback(self, ctx.phase, epoch, step)
                 group = opt.param_groups[0]
-                self.learner.end_epoch(ctx, epoch, group["lr"] / group["initial_lr"])
+                self.learner.end_epoch(ctx, epoch, group["lr"] / group["initial_lr"] if group["initial_lr"] else 1.0)
                 sched.step()
         finally:
             bar.close()
