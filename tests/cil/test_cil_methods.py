@@ -85,12 +85,13 @@ def test_every_method_runs_the_tiny_protocol(method, tmp_path):
              "podnet": ["method.balanced_finetune_epochs=2"]}.get(method, [])
     result = run(tiny_config(method, *extra), tmp_path, progress=False)
     heads = set(result.matrices)
-    assert heads == ({"cnn", "nme"} if method in ("icarl", "lucir", "podnet") else {"cnn"})
+    with_memory = method in ("icarl", "lucir", "podnet", "lucir_aanets", "podnet_aanets", "mnemonics")
+    assert heads == ({"cnn", "nme"} if with_memory else {"cnn"})
     for m in result.matrices.values():
         assert [len(r) for r in m.per_task] == [1, 2, 3]
         assert all(0 <= a <= 100 for r in m.per_task for a in r)
     counts = result.metrics["memory_per_class"]
-    if method in ("icarl", "lucir", "podnet"):
+    if with_memory:
         assert counts == {str(c): 5 for c in range(6)}
     else:
         assert counts == {}

@@ -10,6 +10,9 @@ from scarce.errors import ConfigError, TrainingError
 from cil_helpers import tiny_config
 
 
+SMALL = ("data.train_per_class=12", "data.test_per_class=4")
+
+
 class Kill(Exception):
     pass
 
@@ -27,6 +30,12 @@ def kill_after(n_steps):
     ("podnet", 5, ("method.balanced_finetune_epochs=2",)),
     ("lucir", 10, ("method.balanced_finetune=true", "method.balanced_finetune_epochs=2",
                    "method.balanced_finetune_milestones=[1]")),
+    # killed mid-phase 2: the checkpoint holds the two-branch network, its teacher, the aggregation optimiser
+    # (AANets) and the learned exemplar images of phases 0 and 1 (Mnemonics)
+    # (12 training images per class: phase 2 runs steps 11-16, checkpoints at 12 and 15)
+    ("lucir_aanets", 14, ("method.aggregation_lr=0.01", *SMALL)),
+    ("podnet_aanets", 14, ("method.aggregation_lr=0.01", "method.balanced_finetune_epochs=2", *SMALL)),
+    ("mnemonics", 14, ("method.outer_lr=1.0", "method.inner_steps=2", *SMALL)),
 ])
 def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, extra, tmp_path):
     # 2 epochs per phase, checkpoints every 3 steps: the kill lands mid-phase, between two checkpoints.

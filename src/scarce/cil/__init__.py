@@ -1,5 +1,5 @@
-"""Class-incremental learning: protocol → scenario → learner (finetune, joint, LwF, iCaRL, LUCIR, PODNet)
-→ one trainer with checkpoints and resume → accuracy matrix → metrics and reports.
+"""Class-incremental learning: protocol → scenario → learner (finetune, joint, LwF, iCaRL, LUCIR, PODNet,
+LUCIR-AANets, POD-AANets, Mnemonics) → one trainer with checkpoints and resume → accuracy matrix → metrics and reports.
 
 Quick start::
 

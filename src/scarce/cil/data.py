@@ -242,3 +242,7 @@ class Preprocess:
             flip = torch.rand(x.shape[0], generator=generator) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         return (x - self.mean) / self.std
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images back to the pixel scale 0-255 (float, clipped to the valid range; on the CPU)."""
+        return (x.detach().cpu() * self.std + self.mean).mul_(255.0).clamp_(0.0, 255.0)

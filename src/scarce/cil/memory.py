@@ -2,6 +2,9 @@
 
 The memory stores *indices* into the training set, one ranked list per class; shrinking a class keeps the
 head of its ranking (for herding, the best approximation of the class mean with that many exemplars).
+A method that learns its exemplars (Mnemonics) also stores one image tensor per exemplar (``set_images``):
+loading an exemplar's training index then yields its learned image (``substitute``), so every consumer of the
+memory (training batches, class means) sees the learned images; the index stays as the image's origin.
 :meth:`Memory.assert_within_budget` is called by the trainer after every update.
 """
 
@@ -55,7 +58,9 @@ class Memory:
     def __init__(self, spec: MemorySpec) -> None:
         self.spec = spec
         self.exemplars: dict[int, np.ndarray] = {}
+        self.images: dict[int, torch.Tensor] = {}  # learned images (float, pixel scale 0-255), rows = exemplars
         self.n_seen = 0
+        self._image_rows: dict[int, tuple[int, int]] | None = None  # training index -> (label, row)
 
     def __len__(self) -> int:
         return int(sum(len(v) for v in self.exemplars.values()))
@@ -83,6 +88,9 @@ class Memory:
         self.n_seen = n_seen
         for label in list(self.exemplars):
             self.exemplars[label] = self.exemplars[label][:quota]
+        for label in list(self.images):
+            self.images[label] = self.images[label][:quota]
+        self._image_rows = None
         for label in new_labels:
             pool = np.asarray(candidates(label), dtype=np.int64)
             if self.spec.selection == "herding":
@@ -93,6 +101,31 @@ class Memory:
                 order = random_selection(len(pool), quota, generator)
             self.exemplars[label] = pool[order.numpy()]
         self.assert_within_budget()
+
+    def set_images(self, label: int, images: torch.Tensor) -> None:
+        """Store learned images for the exemplars of ``label``, one per exemplar in ranking order (N×C×H×W,
+        pixel scale 0-255 like the dataset's uint8 images)."""
+        if label not in self.exemplars or len(images) != len(self.exemplars[label]):
+            have = len(self.exemplars.get(label, ()))
+            raise ValueError(f"class {label}: {len(images)} images for {have} exemplars")
+        self.images[label] = images.detach().to("cpu", torch.float32).clone()
+        self._image_rows = None
+
+    def substitute(self, indices: np.ndarray, images: torch.Tensor) -> torch.Tensor:
+        """``images`` loaded from the training set at ``indices``, each exemplar that has a learned image
+        replaced by it (a float copy then; unchanged when the memory holds no learned image among them)."""
+        if not self.images:
+            return images
+        if self._image_rows is None:
+            self._image_rows = {int(i): (c, r) for c, imgs in self.images.items()
+                                for r, i in enumerate(self.exemplars[c][: len(imgs)])}
+        hits = [(k, self._image_rows[int(i)]) for k, i in enumerate(indices) if int(i) in self._image_rows]
+        if not hits:
+            return images
+        out = images.to(torch.float32, copy=True)
+        for k, (label, row) in hits:
+            out[k] = self.images[label][row]
+        return out
 
     def assert_within_budget(self) -> None:
         budget, quota = self.spec.budget(self.n_seen), self.spec.quota(self.n_seen)
@@ -107,8 +140,11 @@ class Memory:
         return {c: len(v) for c, v in sorted(self.exemplars.items())}
 
     def state_dict(self) -> dict:
-        return {"n_seen": self.n_seen, "exemplars": {int(c): v.tolist() for c, v in self.exemplars.items()}}
+        return {"n_seen": self.n_seen, "exemplars": {int(c): v.tolist() for c, v in self.exemplars.items()},
+                "images": {int(c): v for c, v in self.images.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.n_seen = int(state["n_seen"])
         self.exemplars = {int(c): np.asarray(v, dtype=np.int64) for c, v in state["exemplars"].items()}
+        self.images = {int(c): v.cpu() for c, v in state.get("images", {}).items()}
+        self._image_rows = None

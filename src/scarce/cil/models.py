@@ -3,6 +3,7 @@ heads (linear, LUCIR's cosine classifier, PODNet's local-similarity classifier).
 
 Every backbone returns ``(features, maps)``: the pooled feature vector and the output of each stage (for
 POD-spatial). ``last_relu=False`` drops the final ReLU, as LUCIR and PODNet do before a cosine classifier.
+Each backbone is a sequence of ``n_levels`` levels (``forward_level``), the unit AANets aggregates.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scarce.errors import ConfigError
+
+
+def forward_levels(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run a backbone level by level: ``(global-average-pooled features, output of every level)``."""
+    maps = []
+    for level in range(backbone.n_levels):
+        x = backbone.forward_level(level, x)
+        maps.append(x)
+    return x.mean(dim=(2, 3)), maps
 
 
 class ConvNet(nn.Module):
@@ -31,14 +41,16 @@ class ConvNet(nn.Module):
         self.stages = nn.ModuleList(blocks)
         self.out_dim = c
 
+    @property
+    def n_levels(self) -> int:
+        return len(self.stages)
+
+    def forward_level(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        """One level (max-pool then stage, the first without pooling): AANets aggregates per level."""
+        return self.stages[level](F.max_pool2d(x, 2) if level else x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        maps = []
-        for i, stage in enumerate(self.stages):
-            if i:
-                x = F.max_pool2d(x, 2)
-            x = stage(x)
-            maps.append(x)
-        return x.mean(dim=(2, 3)), maps
+        return forward_levels(self, x)
 
 
 class BasicBlock(nn.Module):
@@ -86,13 +98,16 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    @property
+    def n_levels(self) -> int:
+        return len(self.stages)
+
+    def forward_level(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        """One residual level; the stem belongs to the first (as in the AANets code's first group)."""
+        return self.stages[level](self.stem(x) if level == 0 else x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self.stem(x)
-        maps = []
-        for stage in self.stages:
-            x = stage(x)
-            maps.append(x)
-        return x.mean(dim=(2, 3)), maps
+        return forward_levels(self, x)
 
 
 def build_backbone(name: str, in_channels: int, image_size: int, last_relu: bool = True) -> nn.Module:

@@ -145,12 +145,13 @@ class Trainer:
 
     def context(self, phase: int) -> PhaseContext:
         def load(indices: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
-            return self.pre(self.data.train.load(indices), generator).to(self.device)
+            images = self.memory.substitute(indices, self.data.train.load(indices))  # learned exemplar images
+            return self.pre(images, generator).to(self.device)
 
         return PhaseContext(
             phase=phase, protocol=self.protocol, scenario=self.scenario, memory=self.memory, device=self.device,
             flips=self.pre.flips, load=load, generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
-            batch_size=self.cfg.train.batch_size, weight_decay=self.cfg.train.weight_decay,
+            batch_size=self.cfg.train.batch_size, weight_decay=self.cfg.train.weight_decay, pixels=self.pre.to_pixels,
         )
 
     def _optimizer(self, ctx: PhaseContext) -> tuple[torch.optim.Optimizer, Any, int]:
@@ -294,6 +295,8 @@ class Trainer:
                         self._save(ctx.phase, "train", epoch, step + 1, opt, sched)
                     for callback in self.callbacks:
                         callback(self, ctx.phase, epoch, step)
+                group = opt.param_groups[0]
+                self.learner.end_epoch(ctx, epoch, group["lr"] / group["initial_lr"] if group["initial_lr"] else 1.0)
                 sched.step()
         finally:
             bar.close()

@@ -7,15 +7,18 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from scarce.cil.methods.aanets import LUCIRAANets, PODNetAANets
 from scarce.cil.methods.base import Learner, PhaseContext, balanced_head_finetune, kd_loss, nme_scores
 from scarce.cil.methods.icarl import ICaRL
 from scarce.cil.methods.lucir import LUCIR
+from scarce.cil.methods.mnemonics import Mnemonics
 from scarce.cil.methods.podnet import PODNet
 from scarce.cil.methods.simple import Finetune, Joint, LwF
 from scarce.config import from_dict
 from scarce.errors import ConfigError
 
-METHODS: dict[str, type[Learner]] = {m.name: m for m in (Finetune, Joint, LwF, ICaRL, LUCIR, PODNet)}
+METHODS: dict[str, type[Learner]] = {m.name: m for m in (
+    Finetune, Joint, LwF, ICaRL, LUCIR, PODNet, LUCIRAANets, PODNetAANets, Mnemonics)}
 
 
 def method_class(name: str) -> type[Learner]:
@@ -34,5 +37,6 @@ def build_learner(method: dict[str, Any], backbone_fn, device: torch.device) -> 
 
 __all__ = [
     "METHODS", "Learner", "PhaseContext", "build_learner", "method_class", "kd_loss", "nme_scores",
-    "balanced_head_finetune", "Finetune", "Joint", "LwF", "ICaRL", "LUCIR", "PODNet",
+    "balanced_head_finetune", "Finetune", "Joint", "LwF", "ICaRL", "LUCIR", "PODNet", "LUCIRAANets", "PODNetAANets",
+    "Mnemonics",
 ]

@@ -4,7 +4,8 @@ Lifecycle of a phase (the trainer calls these in this order):
 
 1. ``before_phase(ctx)``: snapshot the teacher, grow the head (imprinting where the method does);
 2. ``train_indices(ctx)`` and ``trainable_parameters(ctx)``: what the optimiser sees;
-3. ``loss(x, y, ctx)`` for every mini-batch;
+3. ``loss(x, y, ctx)`` for every mini-batch, and ``end_epoch(ctx, epoch, lr_scale)`` after every epoch
+   (e.g. AANets' aggregation weights on the class-balanced set);
 4. ``update_memory(ctx)``: herding/random exemplars for the new classes, shrinking the old ones;
 5. ``after_phase(ctx)``: e.g. class-balanced finetuning, class means for the NME classifier;
 6. ``predict(x)``: scores per evaluation head (``cnn`` and, for methods with exemplars, ``nme``).
@@ -41,6 +42,7 @@ class PhaseContext:
     flips: bool  # the dataset's augmentation flips images (NME means then average each image with its flip)
     load: Callable[[np.ndarray, torch.Generator | None], torch.Tensor]  # train images → normalised batch on device
     generator: Callable[..., torch.Generator]  # generator("tag", ...) seeded from (run seed, phase, tags)
+    pixels: Callable[[torch.Tensor], torch.Tensor]  # normalised batch → pixel scale 0-255 (CPU), inverse of load's
     batch_size: int = 128
     weight_decay: float = 0.0  # the run's train.weight_decay (LUCIR's class-balanced finetuning uses it too)
 
@@ -137,6 +139,10 @@ class Learner:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, ctx: PhaseContext) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def end_epoch(self, ctx: PhaseContext, epoch: int, lr_scale: float) -> None:
+        """Called after each training epoch; ``lr_scale`` is the schedule's current factor on the phase's
+        learning rate (for updates that follow the model's schedule)."""
 
     def update_memory(self, ctx: PhaseContext) -> None:
         if not (self.uses_memory or self.has_nme):
