@@ -16,6 +16,9 @@ TINY = [
     "--set", "model.backbone=test_efficientnet", "--set", "model.pretrained=null",
     "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "train.augment.crop_size=64",
     "--set", "cam.scales=[1.0,0.5]", "--set", "eval.gallery=2",
+    "--set", "segment.model.encoder=test_efficientnet", "--set", "segment.model.pretrained=null",
+    "--set", "segment.model.decoder_channels=32", "--set", "segment.train.epochs=1",
+    "--set", "segment.train.batch_size=4", "--set", "segment.train.augment.crop_size=64",
 ]
 
 
@@ -46,7 +49,15 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     test_stems = (run / "data/ImageSets/Segmentation/test.txt").read_text().split()
     masks = sorted(p.stem for p in (run / "masks/test").glob("*.png"))
     assert masks == sorted(test_stems)
-    assert not (run / "cams/train").exists() and not (run / "refined").exists()  # nothing asked for train maps
+    # the ladder: PAMR-refined maps of every split, pseudo masks of train, the segmentation model and its ceiling
+    for split in ("train", "val", "test"):
+        assert len(list((run / "refined" / split).glob("*.npz"))) == len((run / f"data/ImageSets/Segmentation/{split}.txt")
+                                                                           .read_text().split())
+    assert metrics["refined"]["steps"] == [{"name": "pamr", "options": {}}]
+    assert metrics["masks"]["train"]["threshold_chosen_on"] == "val"
+    assert {"val", "test"} <= set(metrics["segmentation"]) and {"val", "test"} <= set(metrics["ceiling"])
+    for rung in ("refined maps", "pseudo masks: mask mIoU (train)", "segmentation", "fully supervised ceiling"):
+        assert rung in out
 
     # A second `demo` on the same folder skips every finished stage and reproduces the numbers.
     assert main(["demo", "--out", str(run), "--quiet", *TINY]) == 0

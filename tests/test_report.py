@@ -137,8 +137,9 @@ def test_draw_boxes_draws_inclusive_outlines_without_touching_the_input():
 def test_ladder_rows_from_a_metrics_dict():
     from scarce.report.wsss import ladder_rows
 
-    metrics = {"protocol": {"threshold_chosen_on": "val", "scored_on": "test"}, "test": {"miou": 0.3125},
-               "refined": {"test": {"miou": 0.40}}, "masks": {"train": {"split": "train_aug", "miou": 0.5}},
+    metrics = {"protocol": {"threshold_chosen_on": "val", "scored_on": "test"},
+               "test": {"miou": 0.3125, "fp": 0.25, "fn": 0.125},
+               "refined": {"test": {"miou": 0.40, "fp": 0.5, "fn": 0.0625}}, "masks": {"train": {"split": "train_aug", "miou": 0.5}},
                "segmentation": {"test": {"miou": 0.45}}}
     rows = ladder_rows(metrics)
     assert [(r["stage"], r["mIoU"], r["scored on"]) for r in rows] == [
@@ -146,6 +147,7 @@ def test_ladder_rows_from_a_metrics_dict():
         ("pseudo masks: mask mIoU (train)", 50.0, "train_aug"), ("segmentation", 45.0, "test"),
         ("fully supervised ceiling", "\u2014", "test"), ("segmentation / ceiling (%)", "\u2014", "test")]
     assert [r["threshold chosen on"] for r in rows[:3]] == ["val"] * 3
+    assert [(r["FP"], r["FN"]) for r in rows[:3]] == [(0.25, 0.125), (0.5, 0.0625), ("\u2014", "\u2014")]
     metrics["ceiling"] = {"test": {"miou": 0.6}}
     assert ladder_rows(metrics)[-1]["mIoU"] == pytest.approx(75.0)  # 45 / 60
     seeds_only = ladder_rows({"protocol": metrics["protocol"], "test": {"miou": 0.25}})

@@ -104,6 +104,21 @@ class RunConfig:
     segment: SegmentConfig | None = None
 
 
+# `scarce demo` (`make demo`): RunConfig's defaults plus the ladder's later stages, sized to finish within
+# 10 minutes on 2 CPU cores: PAMR (the cheapest refiner: no training, ~2 classifier forwards per image) and a
+# short segmentation schedule with single-scale + flip inference. The ladder benchmark (docs/benchmarks.md)
+# trains the segmentation model to convergence instead.
+DEMO_LADDER: dict[str, Any] = {
+    "refine": ["pamr"],
+    "segment": {"train": {"epochs": 6}, "scales": [1.0]},
+}
+
+
+def demo_config(settings: dict[str, Any] | None = None) -> RunConfig:
+    """The demo's config: :data:`DEMO_LADDER` over the defaults, then ``settings`` (a YAML's, ``--set``'s)."""
+    return load_run_config(None, merge(DEMO_LADDER, settings or {}))
+
+
 def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     data = load_yaml(path) if path else {}
     return from_dict(RunConfig, merge(data, overrides or {}))

@@ -109,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quiet(compare)
     compare.set_defaults(func=cmd_compare)
 
-    demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → scores → report")
+    demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → PAMR → pseudo masks → "
+                                          "segmentation model and its ceiling → scores → report")
     add_optional_config(demo, "YAML overriding the defaults (see configs/; default: none)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default %(default)s)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -215,13 +216,11 @@ def cmd_eval_masks(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scarce.pipeline import Run, load_run_config
-
     from scarce.config import load_yaml
+    from scarce.pipeline import Run, demo_config
 
     config = optional_config(args)
-    base = load_yaml(config) if config else {}  # the defaults of RunConfig are the demo's settings
-    cfg = load_run_config(None, merge(base, parse_overrides(args.overrides)))
+    cfg = demo_config(merge(load_yaml(config) if config else {}, parse_overrides(args.overrides)))
     started = time.perf_counter()
     run = Run(cfg, args.out, progress=not args.quiet)
     metrics = run.run(resume=True)

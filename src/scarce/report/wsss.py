@@ -56,22 +56,23 @@ def ladder_rows(metrics: dict[str, Any]) -> list[dict[str, object]]:
     """
     val, test = metrics["protocol"]["threshold_chosen_on"], metrics["protocol"]["scored_on"]
     train_split = _at(metrics, "masks", "train", "split") or "train"
-    rungs = [
-        ("CAM seeds", ("test", "miou"), test, val),
-        ("refined maps", ("refined", "test", "miou"), test, val),
-        ("pseudo masks: mask mIoU (train)", ("masks", "train", "miou"), train_split, val),
-        ("segmentation", ("segmentation", "test", "miou"), test, "\u2013"),
-        ("fully supervised ceiling", ("ceiling", "test", "miou"), test, "\u2013"),
+    rungs = [  # (name, where its scores sit in metrics, scored on, threshold chosen on)
+        ("CAM seeds", ("test",), test, val),
+        ("refined maps", ("refined", "test"), test, val),
+        ("pseudo masks: mask mIoU (train)", ("masks", "train"), train_split, val),
+        ("segmentation", ("segmentation", "test"), test, "\u2013"),
+        ("fully supervised ceiling", ("ceiling", "test"), test, "\u2013"),
     ]
     rows: list[dict[str, object]] = []
     for name, keys, scored_on, chosen_on in rungs:
-        value = _at(metrics, *keys)
+        value, fp, fn = (_at(metrics, *keys, key) for key in ("miou", "fp", "fn"))
         rows.append({"stage": name, "mIoU": MISSING if value is None else 100 * float(value),
+                     "FP": MISSING if fp is None else float(fp), "FN": MISSING if fn is None else float(fn),
                      "scored on": scored_on, "threshold chosen on": chosen_on})
     weak, full = _at(metrics, "segmentation", "test", "miou"), _at(metrics, "ceiling", "test", "miou")
     ratio = 100 * float(weak) / float(full) if weak is not None and full else None
     rows.append({"stage": "segmentation / ceiling (%)", "mIoU": MISSING if ratio is None else ratio,
-                 "scored on": test, "threshold chosen on": "\u2013"})
+                 "FP": MISSING, "FN": MISSING, "scored on": test, "threshold chosen on": "\u2013"})
     return rows
 
 
