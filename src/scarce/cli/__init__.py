@@ -14,7 +14,7 @@ import sys
 from scarce.errors import ScarceError
 
 # Modules that contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil")
+COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil", "scarce.cli.recurseed")
 
 
 def build_parser() -> argparse.ArgumentParser:
