@@ -14,9 +14,11 @@ Choices where the seed leaves details open (each stated once, here):
 - the decoder's softmax is taken over background and the image's own classes (the other logits masked),
   as every WSSS seed is restricted to the image-level labels (``infer_rsepm.py`` keeps the GT classes);
 - Canny (``skimage.feature.canny``, σ and the hysteresis thresholds as options) runs on every probability
-  plane, background included; a pixel is an edge if it is one in any plane. Superpixels are the 4-connected
-  components of the non-edge pixels (``scipy.ndimage.label``); an edge pixel is a superpixel of its own, so
-  it keeps its own dominant class;
+  plane, background included; a pixel is an edge if it is one in any plane. skimage's Canny never marks the
+  outermost pixels, so an edge would stop one pixel short of the border and the superpixels on its two sides
+  would join there: each plane is padded by one replicated pixel first and cropped after. Superpixels are
+  the 4-connected components of the non-edge pixels (``scipy.ndimage.label``); an edge pixel is a superpixel
+  of its own, so it keeps its own dominant class;
 - "dominant class" = the class of largest mean probability over the superpixel; ``M_ep[c]`` is that mean on
   the superpixels whose dominant class is c and 0 elsewhere, so ``M_ep[c] > δ_fg`` asks that the superpixel be
   c's and confidently so;
@@ -48,8 +50,9 @@ def edge_predict(probabilities: np.ndarray, sigma: float = 1.0, low: float = 0.1
 
     planes, height, width = probabilities.shape
     edges = np.zeros((height, width), dtype=bool)
-    for plane in probabilities:
-        edges |= canny(plane.astype(np.float64), sigma=sigma, low_threshold=low, high_threshold=high)
+    for plane in probabilities:  # padded: Canny never marks the outermost pixels (see the module docstring)
+        padded = np.pad(plane.astype(np.float64), 1, mode="edge")
+        edges |= canny(padded, sigma=sigma, low_threshold=low, high_threshold=high, mode="nearest")[1:-1, 1:-1]
     regions, count = ndimage.label(~edges)
     regions[edges] = count + 1 + np.arange(int(edges.sum()))  # every edge pixel a superpixel of its own
     flat = regions.ravel()
