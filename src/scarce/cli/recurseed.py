@@ -29,9 +29,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = SingleStageRun(load_config(args.config, parse_overrides(args.overrides)), args.out,
                          progress=not args.quiet)
     metrics = run.run(resume=args.resume)
-    for route in ("single_stage", "multi_stage"):
-        for split, scores in metrics.get(route, {}).items():
-            print(f"{route:12s} {split:18s} mIoU {100 * scores['miou']:6.2f}  FP {scores['fp']:.3f}  "
-                  f"FN {scores['fn']:.3f}")
+    rows = [(f"seeds M_rs (t={metrics['seeds']['threshold']:.2f} from val)", "train",
+             metrics["seeds"][run.cfg.data.train_split]), ("decoder maps", "train", metrics["decoder_maps"])]
+    rows += [(route, split, scores) for route in ("single_stage", "multi_stage")
+             for split, scores in metrics.get(route, {}).items() if split != "pseudo_masks_train"]
+    for name, split, scores in rows:
+        print(f"{name:34s} {split:6s} mIoU {100 * scores['miou']:6.2f}  FP {scores['fp']:.3f}  FN {scores['fn']:.3f}")
     print(f"metrics: {run.folder / 'metrics.json'}")
     return 0

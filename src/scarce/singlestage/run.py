@@ -7,21 +7,25 @@ Run folder (every stage is skipped when its output exists; training resumes from
     run/train/{model.pt,checkpoint.pt,train_log.csv}
     run/predictions/<split>/<stem>.png      single-stage predictions of val and test
     run/single_stage.json                   their scores
-    run/pseudo/train/<stem>.png             RS(+EPM) pseudo masks of train (multi-stage)
-    run/segment/                            the DeepLabV3+ of scarce.segmentation trained on them
+    run/seeds.json                          the seeds M_rs of the trained network on train (the ablation's maps)
+    run/pseudo/train/<stem>.png             the decoder's maps of train = the multi-stage pseudo masks
+    run/pseudo/train/_scores.json           their scores against train ground truth
+    run/segment/                            the DeepLabV3+ of scarce.segmentation trained on them (multi_stage)
     run/multi_stage.json, run/metrics.json
 
-Protocol (nothing is chosen on val or test ground truth, so there is no threshold to pick):
+Protocol (no setting is chosen on test ground truth):
 
 - single stage: the decoder's softmax averaged over ``infer.scales`` and their flips (``infer_rsepm.py``:
   1.0, 0.5, 1.5, 2.0 + flip); classes are those whose classification score σ(GAP), averaged over the same
   views, is ≥ ``infer.class_threshold`` (the README's ``--conf_th 0.34``; null = all classes); each pixel
   takes the argmax over background and those classes; ``infer.refine: [crf]`` refines the result with
-  :mod:`scarce.refinement`'s CRF. Scored with SegmentationEvaluator on val and test;
-- multi stage: the same decoder maps on train restricted to each image's labelled classes (image-level labels
-  are the supervision, so using them on train is legitimate) are the pseudo masks, scored against train ground
-  truth for reference (the seed's "maps" quality) and fed to :func:`scarce.segmentation.train_segmenter`,
-  whose model is scored on val and test with ``segment``'s own inference settings.
+  :mod:`scarce.refinement`'s CRF. Nothing is thresholded on ground truth; scored on val and test;
+- seeds (the seed's ablation "RS / +SCG / +PAMR", mIoU, FP, FN of the maps): M_rs of the trained network on
+  train, with the background threshold chosen on val (scarce's CAM protocol);
+- multi stage: the decoder maps of train restricted to each image's labelled classes (image-level labels are
+  the supervision, so using them on train is legitimate; the seed's "*" decoder-map rows) are the pseudo masks,
+  fed to :func:`scarce.segmentation.train_segmenter`, whose model is scored on val and test with ``segment``'s
+  own inference settings.
 """
 
 from __future__ import annotations
@@ -39,14 +43,14 @@ from scarce.data.base import WeakDataset, open_dataset
 from scarce.data.scenes import generate_scenes
 from scarce.errors import ConfigError, ScarceError
 from scarce.io import read_json, save_label_png, write_json, write_text
-from scarce.metrics.segmentation import SegmentationEvaluator
-from scarce.pipeline import DataConfig
+from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
+from scarce.pipeline import DataConfig, EvalConfig
 from scarce.refinement import Refiner, RefinerChain
 from scarce.segmentation import SegmentConfig, evaluate_split, load_segmenter, predict_probabilities, train_segmenter
 from scarce.segmentation.predict import refine_prediction
 from scarce.singlestage.network import DecoderView, NetworkConfig, SingleStageNet, build_network
 from scarce.singlestage.objective import MixConfig, SingleStageObjective
-from scarce.singlestage.recurseed import RecurSeedConfig
+from scarce.singlestage.recurseed import RecurSeedConfig, SeedMaker, class_keys, normalised_cams, to_rgb
 from scarce.training import TrainConfig, load_trained, to_tensor, train_classifier
 
 
@@ -204,6 +208,37 @@ class SingleStageRun:
             write_json(done, self.label_split(net, self.cfg.data.train_split, out, image_labels=True))
         return out, read_json(done)
 
+    def seed_sweep(self, net: SingleStageNet, split: str) -> ThresholdSweep:
+        """The threshold sweep of the trained network's seeds M_rs (its CAM → SCG → PAMR, as in training, on the
+        image's classes at one scale) over a split."""
+        dataset = self.dataset(split)
+        make_seeds = SeedMaker(self.cfg.recurseed)
+        sweep = ThresholdSweep(dataset.num_classes + 1, EvalConfig().thresholds())
+        with torch.no_grad():
+            for sample in dataset.samples:
+                image = to_tensor(dataset.load_image(sample), net.mean_std)[None]
+                out = net(image)
+                keys = class_keys(torch.from_numpy(dataset.label_vector(sample))[None])
+                seeds = make_seeds(to_rgb(image, net.mean_std), normalised_cams(out.cams, image.shape[-2:]),
+                                   out.levels, keys)
+                sweep.update(seeds[0, keys[0]].numpy(), keys[0], dataset.load_mask(sample))
+        return sweep
+
+    def seed_scores(self, net: SingleStageNet) -> dict[str, Any]:
+        """The seeds' quality on train (the seed's ablation: mIoU, FP, FN of the maps), at the background
+        threshold chosen on val, as scarce's CAM protocol."""
+        path = self.folder / "seeds.json"
+        if path.exists():
+            return read_json(path)
+        val = self.seed_sweep(net, self.cfg.data.val_split).compute()
+        threshold = float(val["best_threshold"])
+        train = self.seed_sweep(net, self.cfg.data.train_split).evaluator_at(threshold)
+        scores = {"threshold": threshold, "threshold_chosen_on": self.cfg.data.val_split,
+                  "val_peak_miou": float(val["best_miou"]),
+                  self.cfg.data.train_split: {key: train[key] for key in ("miou", "iou", "fp", "fn")}}
+        write_json(path, scores)
+        return scores
+
     def multi_stage(self, net: SingleStageNet, resume: bool = True) -> dict[str, Any]:
         path = self.folder / "multi_stage.json"
         if path.exists():
@@ -231,9 +266,13 @@ class SingleStageRun:
             "protocol": {"single_stage": "decoder argmax over background and the classes scored ≥ "
                                          f"{self.cfg.infer.class_threshold} by σ(GAP); no threshold chosen on any "
                                          "ground truth",
+                         "seeds": "M_rs of the trained network on train, background threshold chosen on val",
+                         "decoder_maps": "decoder argmax over background and the image's labelled classes on train",
                          "multi_stage": "pseudo masks = decoder argmax over background and the image's labelled "
                                         "classes on train; DeepLabV3+ trained on them, scored on val and test"},
             "single_stage": self.single_stage(net),
+            "seeds": self.seed_scores(net),
+            "decoder_maps": self.pseudo_masks(net)[1],
         }
         if self.cfg.multi_stage:
             metrics["multi_stage"] = self.multi_stage(net, resume=resume)
