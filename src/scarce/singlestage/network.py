@@ -101,15 +101,24 @@ class SingleStageNet(nn.Module):
 
 class DecoderView(nn.Module):
     """The decoder branch alone (logits), shaped like a :class:`scarce.segmentation.Segmenter` so that
-    :func:`scarce.segmentation.predict_probabilities` runs multi-scale + flip inference on it."""
+    :func:`scarce.segmentation.predict_probabilities` runs multi-scale + flip inference on it. It also keeps
+    σ(GAP) of every view it runs, for inference's class filter (:meth:`take_class_scores`)."""
 
     def __init__(self, net: SingleStageNet) -> None:
         super().__init__()
         self.net = net
         self.input_multiple = net.input_multiple
+        self.class_scores: list[torch.Tensor] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).seg_logits
+        out = self.net(images)
+        self.class_scores.append(torch.sigmoid(out.logits))
+        return out.seg_logits
+
+    def take_class_scores(self) -> torch.Tensor:
+        """(C,) mean classification score over the views run since the last call."""
+        scores, self.class_scores = torch.cat(self.class_scores).mean(dim=0), []
+        return scores
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

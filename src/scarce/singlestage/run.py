@@ -87,24 +87,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return cfg
 
 
-class RecordingView(DecoderView):
-    """The decoder view that also keeps σ(GAP) of every view it ran, for the class filter of inference."""
-
-    def __init__(self, net: SingleStageNet) -> None:
-        super().__init__(net)
-        self.class_scores: list[torch.Tensor] = []
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.net(images)
-        self.class_scores.append(torch.sigmoid(out.logits))
-        return out.seg_logits
-
-    def take_class_scores(self) -> torch.Tensor:
-        """(C,) mean classification score over the views run since the last call."""
-        scores, self.class_scores = torch.cat(self.class_scores).mean(dim=0), []
-        return scores
-
-
 class SingleStageRun:
     """A run folder and the stages that fill it (see the module docstring)."""
 
@@ -156,7 +138,7 @@ class SingleStageRun:
             self.timings["train"] = time.perf_counter() - started
         return load_trained(net, model_path)
 
-    def predict(self, view: RecordingView, image: np.ndarray, classes: list[int] | None,
+    def predict(self, view: DecoderView, image: np.ndarray, classes: list[int] | None,
                 refiner: Refiner | None) -> np.ndarray:
         """(H, W) uint8 labels of one image: argmax over background and ``classes`` (None: those the classification
         branch predicts at ``infer.class_threshold``, or all), refined when a refiner is given."""
@@ -177,7 +159,7 @@ class SingleStageRun:
     def label_split(self, net: SingleStageNet, split: str, out_dir: Path, image_labels: bool) -> dict[str, Any]:
         """Write the labels of a split as ``<stem>.png`` and score them against its ground truth."""
         dataset = self.dataset(split)
-        view = RecordingView(net).eval()
+        view = DecoderView(net).eval()
         refiner = RefinerChain(self.cfg.infer.refine) if self.cfg.infer.refine else None
         evaluator = SegmentationEvaluator(dataset.num_classes + 1)
         with torch.no_grad():
