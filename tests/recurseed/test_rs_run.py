@@ -6,13 +6,17 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from scarce.cli import main
 from scarce.errors import ConfigError
 from scarce.io import read_label_png
+from scarce.segmentation import predict_probabilities
 from scarce.singlestage import SingleStageRun, load_config
+from scarce.singlestage.network import DecoderView
+from scarce.training import to_tensor
 
 TINY = {
     "network": {"encoder": {"backbone": "test_efficientnet", "pretrained": None}, "decoder": {"channels": 16}},
@@ -88,3 +92,22 @@ def test_bad_settings_fail_at_once():
         load_config(None, {"mix": {"kind": "epm"}, "train": {"batch_size": 1}})
     with pytest.raises(ConfigError, match="crop_size"):
         load_config(None, {"train": {"augment": {"crop_size": 100}}})
+
+
+@pytest.mark.parametrize("threshold, all_classes", [(0.34, True), (0.6, False), (None, True)])
+def test_inference_restricts_the_argmax_to_the_allowed_classes(tiny_scenes, tmp_path, threshold, all_classes):
+    cfg = tiny_config(tiny_scenes, infer={"scales": [1.0], "flip": False, "class_threshold": threshold})
+    run = SingleStageRun(cfg, tmp_path, progress=False)
+    net = run.build(10)[0].eval()  # untrained; the zero-initialised CAM head scores σ(0) = 0.5 for every class
+    torch.nn.init.normal_(net.segmentation_head[0].weight, std=30.0)  # a decoder whose argmax varies over the image
+    view = DecoderView(net)
+    dataset = run.dataset("val")
+    image = dataset.load_image(dataset.samples[0])
+    with torch.no_grad():
+        probabilities = predict_probabilities(view, to_tensor(image, net.mean_std), [1.0], False).numpy()
+        view.take_class_scores()
+        only_three = run.predict(view, image, [3], None)
+        filtered = run.predict(view, image, None, None)
+    assert np.array_equal(only_three, np.where(probabilities[4] > probabilities[0], 4, 0))  # ties go to background
+    expected = probabilities.argmax(axis=0) if all_classes else np.zeros(image.shape[:2])  # 0.5 ≥ 0.34, not ≥ 0.6
+    assert np.array_equal(filtered, expected) and len(np.unique(probabilities.argmax(axis=0))) > 2
