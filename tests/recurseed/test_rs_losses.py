@@ -61,3 +61,25 @@ def test_the_epoch_of_a_step_from_the_trainer_progress(steps_per_epoch, epochs):
     total = steps_per_epoch * epochs
     assert [current_epoch(step / total, epochs) for step in range(total)] == \
         [step // steps_per_epoch for step in range(total)]
+
+
+def test_without_scg_and_pamr_the_seed_is_the_cam_itself():
+    """RS with neither refinement: M_rs = the normalised CAM, so L_rec is 0 and L_seg trains on CF(CAM)."""
+    from scarce.models import ModelConfig
+    from scarce.singlestage import MixConfig, NetworkConfig, RecurSeedConfig, SingleStageObjective, build_network
+    from scarce.singlestage.network import DecoderConfig
+
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(ModelConfig(backbone="test_efficientnet", pretrained=None),
+                                      DecoderConfig(channels=8)), num_classes=3).eval()
+    torch.nn.init.normal_(net.classifier.classifier.weight, std=1.0)
+    objective = SingleStageObjective(RecurSeedConfig(use_scg=False, use_pamr=False), MixConfig(), epochs=1)
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    loss, parts = objective(net, images, labels, 0.0)
+    assert parts["rec"] == 0.0 and set(parts) == {"cls", "seg", "rec"}
+    with torch.no_grad():
+        out = net(images)
+    cams = normalised_cams(out.cams, (32, 32))
+    targets = confident_labels(cams, [[0, 2], [1]], 0.55, 0.10)
+    assert parts["seg"] == pytest.approx(float(labelled_cross_entropy(out.seg_logits, targets)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(parts["cls"] + parts["seg"], rel=1e-5)

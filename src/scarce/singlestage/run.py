@@ -169,7 +169,8 @@ class SingleStageRun:
                 save_label_png(out_dir / f"{sample.stem}.png", labels)
                 if dataset.has_mask(sample):
                     evaluator.update(labels, dataset.load_mask(sample))
-        return {key: evaluator.compute()[key] for key in ("miou", "iou", "fp", "fn", "precision", "recall")}
+        scores = evaluator.compute()
+        return {key: scores[key] for key in ("miou", "iou", "fp", "fn", "precision", "recall")}
 
     def single_stage(self, net: SingleStageNet) -> dict[str, Any]:
         path = self.folder / "single_stage.json"
