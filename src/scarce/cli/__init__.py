@@ -15,7 +15,7 @@ from pathlib import Path
 from scarce.errors import ConfigError, ScarceError
 
 # Modules that contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil")
+COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil", "scarce.cli.recurseed")
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:

@@ -70,7 +70,7 @@ def self_correlation_map(features: Sequence[torch.Tensor], cams: torch.Tensor, f
     return _min_max(out, dim=1).reshape(classes, height, width)
 
 
-def _level_modules(backbone: nn.Module, levels: Sequence[int] | None) -> list[nn.Module]:
+def level_modules(backbone: nn.Module, levels: Sequence[int] | None) -> list[nn.Module]:
     """The modules whose outputs are timm's feature levels (``feature_info``), picked by index."""
     info = getattr(backbone, "feature_info", None)
     info = getattr(info, "info", info)  # features_only models wrap the list in a FeatureInfo
@@ -128,7 +128,7 @@ class ScgRefiner(Refiner):
     def prepare(self, context: RefineContext) -> None:
         """Bind the trained classifier: SCG correlates its backbone's features."""
         self.model = context.model
-        self._levels = _level_modules(context.model.backbone, self.levels)
+        self._levels = level_modules(context.model.backbone, self.levels)
 
     def level_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) RGB in [0, 1] → one (B, C_l, H/stride, W/stride) map per level, read by forward hooks."""
@@ -145,23 +145,25 @@ class ScgRefiner(Refiner):
         finally:
             for hook in hooks:
                 hook.remove()
-        size = (math.ceil(images.shape[2] / self.stride), math.ceil(images.shape[3] / self.stride))
-        return [F.interpolate(level.float(), size=size, mode=self.interpolation,
-                              **({} if self.interpolation == "nearest" else {"align_corners": False}))
-                for level in captured]
+        return self.resize_levels(captured, images.shape[2:])
 
-    def __call__(self, images: torch.Tensor, cams: Sequence[torch.Tensor],
-                 keys: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        check_batch(images, cams, keys)
-        if not len(cams):
-            return []
-        levels = self.level_features(images)
+    def resize_levels(self, levels: Sequence[torch.Tensor], image_size: Sequence[int]) -> list[torch.Tensor]:
+        """Backbone maps of (H, W) images → the (H/stride, W/stride) grid SCG correlates on."""
+        size = (math.ceil(image_size[0] / self.stride), math.ceil(image_size[1] / self.stride))
+        return [F.interpolate(level.detach().float(), size=size, mode=self.interpolation,
+                              **({} if self.interpolation == "nearest" else {"align_corners": False}))
+                for level in levels]
+
+    def refine_features(self, levels: Sequence[torch.Tensor], cams: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """SCG of each image's (K_i, H, W) maps on level features already computed (:meth:`resize_levels`):
+        what :meth:`__call__` does after its own forward pass, for a caller (single-stage training) that has
+        the features of the batch at hand."""
         out = []
         for i, cam in enumerate(cams):
             if cam.shape[0] == 0:
                 out.append(cam.clone())
                 continue
-            small = F.interpolate(cam[None].float().to(levels[0].device), size=levels[0].shape[2:],
+            small = F.interpolate(cam[None].detach().float().to(levels[0].device), size=levels[0].shape[2:],
                                   mode="bilinear", align_corners=False)[0]
             with torch.no_grad():
                 maps = self_correlation_map([level[i] for level in levels], small, self.foreground, self.background,
@@ -169,3 +171,10 @@ class ScgRefiner(Refiner):
             full = F.interpolate(maps[None], size=cam.shape[1:], mode="bilinear", align_corners=False)[0]
             out.append(full.clamp(0.0, 1.0).to(cam.device, cam.dtype))
         return out
+
+    def __call__(self, images: torch.Tensor, cams: Sequence[torch.Tensor],
+                 keys: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        check_batch(images, cams, keys)
+        if not len(cams):
+            return []
+        return self.refine_features(self.level_features(images), cams)

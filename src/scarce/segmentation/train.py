@@ -81,10 +81,14 @@ class PixelCrossEntropy(Objective):
 
     def forward(self, model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
                 progress: float) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(images)
-        total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
-        loss = total / (masks != IGNORE_INDEX).sum().clamp_min(1)
+        loss = labelled_cross_entropy(model(images), masks)
         return loss, {"ce": float(loss.detach())}
+
+
+def labelled_cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(B, L, H, W) logits against (B, H, W) label maps: the mean over pixels not labelled 255 (0 if none)."""
+    total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (masks != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def check_config(cfg: SegmentConfig) -> None:

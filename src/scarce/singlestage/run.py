@@ -1,0 +1,264 @@
+"""A single-stage run: train RS (+ a mixing method) once, score the decoder, and optionally the multi-stage route.
+
+Run folder (every stage is skipped when its output exists; training resumes from its last checkpoint)::
+
+    run/config.yaml                         the resolved SingleStageConfig
+    run/data/                               the generated scenes (data.kind = scenes without a root)
+    run/train/{model.pt,checkpoint.pt,train_log.csv}
+    run/predictions/<split>/<stem>.png      single-stage predictions of val and test
+    run/single_stage.json                   their scores
+    run/seeds.json                          the seeds M_rs of the trained network on train (the ablation's maps)
+    run/pseudo/train/<stem>.png             the decoder's maps of train = the multi-stage pseudo masks
+    run/pseudo/train/_scores.json           their scores against train ground truth
+    run/segment/                            the DeepLabV3+ of scarce.segmentation trained on them (multi_stage)
+    run/multi_stage.json, run/metrics.json
+
+Protocol (no setting is chosen on test ground truth):
+
+- single stage: the decoder's softmax averaged over ``infer.scales`` and their flips (``infer_rsepm.py``:
+  1.0, 0.5, 1.5, 2.0 + flip); classes are those whose classification score σ(GAP), averaged over the same
+  views, is ≥ ``infer.class_threshold`` (the README's ``--conf_th 0.34``; null = all classes); each pixel
+  takes the argmax over background and those classes; ``infer.refine: [crf]`` refines the result with
+  :mod:`scarce.refinement`'s CRF. Nothing is thresholded on ground truth; scored on val and test;
+- seeds (the seed's ablation "RS / +SCG / +PAMR", mIoU, FP, FN of the maps): M_rs of the trained network on
+  train, with the background threshold chosen on val (scarce's CAM protocol);
+- multi stage: the decoder maps of train restricted to each image's labelled classes (image-level labels are
+  the supervision, so using them on train is legitimate; the seed's "*" decoder-map rows) are the pseudo masks,
+  fed to :func:`scarce.segmentation.train_segmenter`, whose model is scored on val and test with ``segment``'s
+  own inference settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from scarce.config import changed_keys, dump_yaml, from_dict, load_yaml, merge
+from scarce.data.base import WeakDataset, open_dataset
+from scarce.data.scenes import generate_scenes
+from scarce.errors import ConfigError, ScarceError
+from scarce.io import read_json, save_label_png, write_json, write_text
+from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
+from scarce.pipeline import DataConfig, EvalConfig
+from scarce.refinement import Refiner, RefinerChain
+from scarce.segmentation import SegmentConfig, evaluate_split, load_segmenter, predict_probabilities, train_segmenter
+from scarce.segmentation.predict import refine_prediction
+from scarce.singlestage.network import DecoderView, NetworkConfig, SingleStageNet, build_network
+from scarce.singlestage.objective import MixConfig, SingleStageObjective
+from scarce.singlestage.recurseed import RecurSeedConfig, SeedMaker, class_keys, normalised_cams, to_rgb
+from scarce.training import TrainConfig, load_trained, to_tensor, train_classifier
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # infer_rsepm.py
+    flip: bool = True
+    class_threshold: float | None = 0.34  # README's --conf_th for val/test; null: every class competes
+    refine: tuple[str, ...] = ()  # e.g. [crf] (the official single-stage results use a CRF)
+
+
+@dataclass(frozen=True)
+class SingleStageConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # BatchNorm trains (RSEPM builds its backbone with norm_fn 'bn'; the decoder's BN must learn); 20 epochs = the
+    # official tag's RS(ep=5) + CM(ep=15)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, freeze_bn=False))
+    recurseed: RecurSeedConfig = field(default_factory=RecurSeedConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    multi_stage: bool = False
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SingleStageConfig:
+    data = load_yaml(path) if path else {}
+    cfg = from_dict(SingleStageConfig, merge(data, overrides or {}))
+    if cfg.mix.kind != "none" and cfg.train.batch_size < 2:
+        raise ConfigError(f"mix.kind {cfg.mix.kind}: mixing pairs need train.batch_size ≥ 2")
+    if cfg.train.augment.crop_size % 16:
+        raise ConfigError(f"train.augment.crop_size ({cfg.train.augment.crop_size}) must be a multiple of 16 "
+                          "(the decoder's output stride)")
+    return cfg
+
+
+class SingleStageRun:
+    """A run folder and the stages that fill it (see the module docstring)."""
+
+    def __init__(self, cfg: SingleStageConfig, folder: str | Path, progress: bool = True) -> None:
+        self.cfg, self.folder, self.progress = cfg, Path(folder), progress
+        self.timings: dict[str, float] = {}
+
+    def write_config(self) -> None:
+        """Store the resolved config; refuse a folder made with another one."""
+        path = self.folder / "config.yaml"
+        changed = changed_keys(load_config(path), self.cfg) if path.exists() else []
+        if changed:
+            raise ScarceError(f"{path}: this run folder was made with another configuration ({', '.join(changed)} "
+                              "differ); use another output folder")
+        write_text(path, dump_yaml(self.cfg))
+
+    @property
+    def data_root(self) -> Path:
+        data = self.cfg.data
+        if data.root is not None:
+            return Path(data.root)
+        if data.kind != "scenes":
+            raise ConfigError(f"data.root is required for data.kind={data.kind!r}")
+        return self.folder / "data"
+
+    def dataset(self, split: str) -> WeakDataset:
+        return open_dataset(self.cfg.data.kind, self.data_root, split)
+
+    def prepare_data(self) -> None:
+        if self.cfg.data.kind == "scenes" and self.cfg.data.root is None and not (self.data_root / "scenes.json").exists():
+            generate_scenes(self.cfg.data.scenes, self.data_root, progress=self.progress)
+
+    def build(self, num_classes: int) -> tuple[SingleStageNet, SingleStageObjective]:
+        torch.manual_seed(self.cfg.train.seed)  # the heads' initialisation is part of "same seed, same result"
+        net = build_network(self.cfg.network, num_classes)
+        return net, SingleStageObjective(self.cfg.recurseed, self.cfg.mix, self.cfg.train.epochs)
+
+    def train(self, resume: bool = True, on_step: Callable[[int, int], None] | None = None) -> SingleStageNet:
+        """Train (or finish training) the network; return it in eval mode."""
+        train_set = self.dataset(self.cfg.data.train_split)
+        net, objective = self.build(train_set.num_classes)
+        model_path = self.folder / "train" / "model.pt"
+        if not model_path.exists():
+            identity = {"network": asdict(self.cfg.network), "recurseed": asdict(self.cfg.recurseed),
+                        "mix": asdict(self.cfg.mix), "classes": list(train_set.class_names)}
+            started = time.perf_counter()
+            train_classifier(net, train_set, self.cfg.train, self.folder / "train", objective, resume=resume,
+                             identity=identity, progress=self.progress, on_step=on_step, drop_last=True)
+            self.timings["train"] = time.perf_counter() - started
+        return load_trained(net, model_path)
+
+    def predict(self, view: DecoderView, image: np.ndarray, classes: list[int] | None,
+                refiner: Refiner | None) -> np.ndarray:
+        """(H, W) uint8 labels of one image: argmax over background and ``classes`` (None: those the classification
+        branch predicts at ``infer.class_threshold``, or all), refined when a refiner is given."""
+        infer = self.cfg.infer
+        probabilities = predict_probabilities(view, to_tensor(image, view.mean_std), infer.scales, infer.flip)
+        scores = view.take_class_scores()
+        if classes is None:
+            threshold = infer.class_threshold
+            classes = list(range(len(scores))) if threshold is None else \
+                torch.nonzero(scores >= threshold).flatten().tolist()
+        keep = torch.zeros(len(probabilities), dtype=torch.bool)
+        keep[0] = True
+        keep[[c + 1 for c in classes]] = True
+        probabilities = torch.where(keep[:, None, None], probabilities, torch.zeros(()))
+        labels = probabilities.argmax(dim=0) if refiner is None else refine_prediction(refiner, image, probabilities)
+        return labels.numpy().astype(np.uint8)
+
+    def label_split(self, net: SingleStageNet, split: str, out_dir: Path, image_labels: bool) -> dict[str, Any]:
+        """Write the labels of a split as ``<stem>.png`` and score them against its ground truth."""
+        dataset = self.dataset(split)
+        view = DecoderView(net).eval()
+        refiner = RefinerChain(self.cfg.infer.refine) if self.cfg.infer.refine else None
+        evaluator = SegmentationEvaluator(dataset.num_classes + 1)
+        with torch.no_grad():
+            for sample in dataset.samples:
+                labels = self.predict(view, dataset.load_image(sample), list(sample.labels) if image_labels else None,
+                                      refiner)
+                save_label_png(out_dir / f"{sample.stem}.png", labels)
+                if dataset.has_mask(sample):
+                    evaluator.update(labels, dataset.load_mask(sample))
+        scores = evaluator.compute()
+        return {key: scores[key] for key in ("miou", "iou", "fp", "fn", "precision", "recall")}
+
+    def single_stage(self, net: SingleStageNet) -> dict[str, Any]:
+        path = self.folder / "single_stage.json"
+        if path.exists():
+            return read_json(path)
+        started = time.perf_counter()
+        scores = {split: self.label_split(net, split, self.folder / "predictions" / split, image_labels=False)
+                  for split in (self.cfg.data.val_split, self.cfg.data.test_split)}
+        self.timings["single_stage_inference"] = time.perf_counter() - started
+        write_json(path, scores)
+        return scores
+
+    def pseudo_masks(self, net: SingleStageNet) -> tuple[Path, dict[str, Any]]:
+        """RS(+mix) pseudo masks of train, with their scores against train ground truth (for reference)."""
+        out = self.folder / "pseudo" / self.cfg.data.train_split
+        done = out / "_scores.json"
+        if not done.exists():
+            write_json(done, self.label_split(net, self.cfg.data.train_split, out, image_labels=True))
+        return out, read_json(done)
+
+    def seed_sweep(self, net: SingleStageNet, split: str) -> ThresholdSweep:
+        """The threshold sweep of the trained network's seeds M_rs (its CAM → SCG → PAMR, as in training, on the
+        image's classes at one scale) over a split."""
+        dataset = self.dataset(split)
+        make_seeds = SeedMaker(self.cfg.recurseed)
+        sweep = ThresholdSweep(dataset.num_classes + 1, EvalConfig().thresholds())
+        with torch.no_grad():
+            for sample in dataset.samples:
+                image = to_tensor(dataset.load_image(sample), net.mean_std)[None]
+                out = net(image)
+                keys = class_keys(torch.from_numpy(dataset.label_vector(sample))[None])
+                seeds = make_seeds(to_rgb(image, net.mean_std), normalised_cams(out.cams, image.shape[-2:]),
+                                   out.levels, keys)
+                sweep.update(seeds[0, keys[0]].numpy(), keys[0], dataset.load_mask(sample))
+        return sweep
+
+    def seed_scores(self, net: SingleStageNet) -> dict[str, Any]:
+        """The seeds' quality on train (the seed's ablation: mIoU, FP, FN of the maps), at the background
+        threshold chosen on val, as scarce's CAM protocol."""
+        path = self.folder / "seeds.json"
+        if path.exists():
+            return read_json(path)
+        val = self.seed_sweep(net, self.cfg.data.val_split).compute()
+        threshold = float(val["best_threshold"])
+        train = self.seed_sweep(net, self.cfg.data.train_split).evaluator_at(threshold)
+        scores = {"threshold": threshold, "threshold_chosen_on": self.cfg.data.val_split,
+                  "val_peak_miou": float(val["best_miou"]),
+                  self.cfg.data.train_split: {key: train[key] for key in ("miou", "iou", "fp", "fn")}}
+        write_json(path, scores)
+        return scores
+
+    def multi_stage(self, net: SingleStageNet, resume: bool = True) -> dict[str, Any]:
+        path = self.folder / "multi_stage.json"
+        if path.exists():
+            return read_json(path)
+        masks, mask_scores = self.pseudo_masks(net)
+        train_set = self.dataset(self.cfg.data.train_split)
+        started = time.perf_counter()
+        model_path = train_segmenter(self.cfg.segment, train_set, masks, self.folder / "segment", resume=resume,
+                                     progress=self.progress)
+        self.timings["segment_train"] = time.perf_counter() - started
+        segmenter = load_segmenter(self.cfg.segment, train_set.num_classes, model_path)
+        scores = {"pseudo_masks_train": mask_scores}
+        for split in (self.cfg.data.val_split, self.cfg.data.test_split):
+            scores[split] = evaluate_split(segmenter, self.dataset(split), self.cfg.segment, progress=self.progress)
+        write_json(path, scores)
+        return scores
+
+    def run(self, resume: bool = True) -> dict[str, Any]:
+        """Every stage; returns (and writes) ``metrics.json``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        self.prepare_data()
+        net = self.train(resume=resume)
+        metrics: dict[str, Any] = {
+            "protocol": {"single_stage": "decoder argmax over background and the classes scored ≥ "
+                                         f"{self.cfg.infer.class_threshold} by σ(GAP); no threshold chosen on any "
+                                         "ground truth",
+                         "seeds": "M_rs of the trained network on train, background threshold chosen on val",
+                         "decoder_maps": "decoder argmax over background and the image's labelled classes on train",
+                         "multi_stage": "pseudo masks = decoder argmax over background and the image's labelled "
+                                        "classes on train; DeepLabV3+ trained on them, scored on val and test"},
+            "single_stage": self.single_stage(net),
+            "seeds": self.seed_scores(net),
+            "decoder_maps": self.pseudo_masks(net)[1],
+        }
+        if self.cfg.multi_stage:
+            metrics["multi_stage"] = self.multi_stage(net, resume=resume)
+        metrics["timings_s"] = self.timings
+        write_json(self.folder / "metrics.json", metrics)
+        return metrics

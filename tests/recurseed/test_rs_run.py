@@ -1,0 +1,113 @@
+"""The single-stage run end to end on 24 tiny scenes: a killed training resumes to identical weights, and the
+CLI trains, scores single- and multi-stage and writes pseudo masks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scarce.cli import main
+from scarce.errors import ConfigError
+from scarce.io import read_label_png
+from scarce.segmentation import predict_probabilities
+from scarce.singlestage import SingleStageRun, load_config
+from scarce.singlestage.network import DecoderView
+from scarce.training import to_tensor
+
+TINY = {
+    "network": {"encoder": {"backbone": "test_efficientnet", "pretrained": None}, "decoder": {"channels": 16}},
+    "train": {"epochs": 3, "batch_size": 4, "augment": {"crop_size": 64}},
+    "recurseed": {"seed_start_epoch": 1, "pamr": {"dilations": [1, 2], "iterations": 2}},  # a fast PAMR
+    "mix": {"kind": "epm", "start_epoch": 2},
+    "infer": {"scales": [1.0], "flip": False},
+}
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these many small convolutions run ~10× slower with two threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(root, **changes):
+    return load_config(None, {**TINY, "data": {"kind": "scenes", "root": str(root)}, **changes})
+
+
+def test_a_killed_run_resumes_to_identical_weights(tiny_scenes, tmp_path):
+    cfg = tiny_config(tiny_scenes)
+    whole = SingleStageRun(cfg, tmp_path / "whole", progress=False).train()
+
+    def kill(epoch: int, step: int) -> None:
+        if step == 7:  # inside the last epoch, after mixing has begun
+            raise Killed
+
+    with pytest.raises(Killed):
+        SingleStageRun(cfg, tmp_path / "killed", progress=False).train(on_step=kill)
+    resumed = SingleStageRun(cfg, tmp_path / "killed", progress=False).train(resume=True)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with open(tmp_path / "whole" / "train" / "train_log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # epoch 1: L_cls only; epoch 2: + RecurSeed's L_seg and L_rec; epoch 3: + the mixed losses
+    assert [bool(row["seg"]) for row in rows] == [False, True, True]
+    assert [bool(row["seg_mix"]) for row in rows] == [False, False, True]
+
+
+def test_cli_runs_single_and_multi_stage(tiny_scenes, tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["network.encoder.backbone=test_efficientnet", "network.encoder.pretrained=null",
+            "network.decoder.channels=16", "train.epochs=1", "train.batch_size=4", "train.augment.crop_size=64",
+            "mix.kind=cutmix", "mix.start_epoch=0", "recurseed.pamr={dilations: [1], iterations: 1}", "infer.scales=[1.0]", "infer.flip=false", "multi_stage=true",
+            "segment.model.encoder=test_efficientnet", "segment.model.pretrained=null",
+            "segment.model.decoder_channels=16", "segment.train.epochs=1", "segment.train.batch_size=4",
+            "segment.train.augment.crop_size=64", "segment.scales=[1.0]", "segment.flip=false",
+            f"data.root={tiny_scenes}"]
+    args = ["recurseed", "run", "configs/recurseed/rs.yaml", "--out", str(out), "--quiet"]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for route, splits in (("single_stage", ("val", "test")), ("multi_stage", ("pseudo_masks_train", "val", "test"))):
+        for split in splits:
+            assert 0.0 <= metrics[route][split]["miou"] <= 1.0
+    assert "single_stage" in capsys.readouterr().out
+    masks = sorted((out / "pseudo" / "train").glob("*.png"))
+    assert masks and set(read_label_png(masks[0]).ravel().tolist()) <= set(range(11))
+    assert main(args + [x for s in sets for x in ("--set", s)] + ["--set", "train.epochs=2"]) == 1  # another config
+
+
+def test_bad_settings_fail_at_once():
+    with pytest.raises(ConfigError, match="mix.kind"):
+        load_config(None, {"mix": {"kind": "mixup"}})
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(None, {"mix": {"kind": "epm"}, "train": {"batch_size": 1}})
+    with pytest.raises(ConfigError, match="crop_size"):
+        load_config(None, {"train": {"augment": {"crop_size": 100}}})
+
+
+@pytest.mark.parametrize("threshold, all_classes", [(0.34, True), (0.6, False), (None, True)])
+def test_inference_restricts_the_argmax_to_the_allowed_classes(tiny_scenes, tmp_path, threshold, all_classes):
+    cfg = tiny_config(tiny_scenes, infer={"scales": [1.0], "flip": False, "class_threshold": threshold})
+    run = SingleStageRun(cfg, tmp_path, progress=False)
+    net = run.build(10)[0].eval()  # untrained; the zero-initialised CAM head scores σ(0) = 0.5 for every class
+    torch.nn.init.normal_(net.segmentation_head[0].weight, std=30.0)  # a decoder whose argmax varies over the image
+    view = DecoderView(net)
+    dataset = run.dataset("val")
+    image = dataset.load_image(dataset.samples[0])
+    with torch.no_grad():
+        probabilities = predict_probabilities(view, to_tensor(image, net.mean_std), [1.0], False).numpy()
+        view.take_class_scores()
+        only_three = run.predict(view, image, [3], None)
+        filtered = run.predict(view, image, None, None)
+    assert np.array_equal(only_three, np.where(probabilities[4] > probabilities[0], 4, 0))  # ties go to background
+    expected = probabilities.argmax(axis=0) if all_classes else np.zeros(image.shape[:2])  # 0.5 ≥ 0.34, not ≥ 0.6
+    assert np.array_equal(filtered, expected) and len(np.unique(probabilities.argmax(axis=0))) > 2
