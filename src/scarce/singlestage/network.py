@@ -132,8 +132,4 @@ def build_network(cfg: NetworkConfig, num_classes: int) -> SingleStageNet:
     if cfg.encoder.feature_layer != "head" or cfg.encoder.pooling != "gap":
         raise ConfigError("network.encoder: RecurSeed's CAM branch is GAP over the head map (feature_layer: head, "
                           "pooling: gap)")
-    try:
-        import segmentation_models_pytorch  # noqa: F401
-    except ImportError:
-        raise ConfigError("the single-stage network needs segmentation-models-pytorch (pip install scarce)") from None
     return SingleStageNet(build_classifier(cfg.encoder, num_classes), cfg.decoder, num_classes)

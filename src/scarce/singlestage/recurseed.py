@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from scarce.pseudo.masks import cams_to_confident_labels
 from scarce.refinement.pamr import PamrRefiner
 from scarce.refinement.scg import ScgRefiner
-from scarce.segmentation.train import labelled_cross_entropy
 
 CAM_EPS = 1e-5  # Puzzle-CAM's make_cam
 
