@@ -49,11 +49,11 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     test_stems = (run / "data/ImageSets/Segmentation/test.txt").read_text().split()
     masks = sorted(p.stem for p in (run / "masks/test").glob("*.png"))
     assert masks == sorted(test_stems)
-    # the ladder: PAMR-refined maps of every split, pseudo masks of train, the segmentation model and its ceiling
+    # the ladder: CRF-refined maps of every split, pseudo masks of train, the segmentation model and its ceiling
     for split in ("train", "val", "test"):
         assert len(list((run / "refined" / split).glob("*.npz"))) == len((run / f"data/ImageSets/Segmentation/{split}.txt")
                                                                            .read_text().split())
-    assert metrics["refined"]["steps"] == [{"name": "pamr", "options": {}}]
+    assert metrics["refined"]["steps"] == [{"name": "crf", "options": {}}]
     assert metrics["masks"]["train"]["threshold_chosen_on"] == "val"
     assert {"val", "test"} <= set(metrics["segmentation"]) and {"val", "test"} <= set(metrics["ceiling"])
     for rung in ("refined maps", "pseudo masks: mask mIoU (train)", "segmentation", "fully supervised ceiling"):
@@ -75,7 +75,7 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     scores_path = tmp_path / "scores.json"
     assert main(["eval-masks", "--pred", str(run / "masks/test"), "--gt", str(gt), "--num-classes", "10",
                  "--out", str(scores_path)]) == 0
-    # the demo's test masks come from the PAMR-refined maps at their val-chosen threshold
+    # the demo's test masks come from the CRF-refined maps at their val-chosen threshold
     assert json.loads(scores_path.read_text())["miou"] == pytest.approx(metrics["masks"]["test"]["miou"], abs=1e-9)
     assert json.loads(scores_path.read_text())["num_classes"] == 11  # 10 object classes + background
     # A ground-truth folder with files the predictions lack is an error naming the file.

@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quiet(compare)
     compare.set_defaults(func=cmd_compare)
 
-    demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → PAMR → pseudo masks → "
+    demo = sub.add_parser("demo", help="the main job on built-in data: scenes → classifier → CAMs → CRF → pseudo masks → "
                                           "segmentation model and its ceiling → scores → report")
     add_optional_config(demo, "YAML overriding the defaults (see configs/; default: none)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default %(default)s)")
