@@ -233,6 +233,21 @@ def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = (), values: bool 
     return [f"{key}: {before.get(key)!r} → {after.get(key)!r}" for key in keys] if values else keys
 
 
+def store_run_config(path: Path, cfg: Any, load: Callable[[Path], Any]) -> None:
+    """Write a run folder's resolved config; refuse a folder made with another configuration (naming the keys).
+
+    ``load`` reads the stored file with today's code (so a field added since then counts only if set otherwise).
+    """
+    from scarce.errors import ScarceError
+    from scarce.io import write_text
+
+    changed = changed_keys(load(path), cfg) if path.exists() else []
+    if changed:
+        raise ScarceError(f"{path}: this run folder was made with another configuration ({', '.join(changed)} "
+                          "differ); use another output folder")
+    write_text(path, dump_yaml(cfg))
+
+
 def resolve(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``cls`` ← YAML at ``path`` ← command-line overrides."""
     data = load_yaml(path) if path else {}

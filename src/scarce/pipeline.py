@@ -42,11 +42,11 @@ from tqdm.auto import tqdm
 
 from scarce.cams import CamConfig, CamExtractor, CamMethod, build_cam_method
 from scarce.cams.store import load_cam, save_cam
-from scarce.config import changed_keys, dump_yaml, from_dict, load_yaml, merge, to_dict
+from scarce.config import from_dict, load_yaml, merge, store_run_config, to_dict
 from scarce.data.base import Sample, WeakDataset, open_dataset
 from scarce.data.scenes import ScenesConfig, generate_scenes
 from scarce.errors import ConfigError, DataError, ScarceError
-from scarce.io import IGNORE_INDEX, read_json, read_label_png, write_json, write_text
+from scarce.io import IGNORE_INDEX, read_json, read_label_png, write_json
 from scarce.layout import COMPLETE, RunLayout, clear_complete, is_complete, mark_complete
 from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
 from scarce.models.classifier import CamClassifier, ModelConfig, build_classifier
@@ -193,12 +193,7 @@ class Run:
     # -- set-up -------------------------------------------------------------------------------------
     def write_config(self) -> None:
         """Store the resolved config; refuse to mix two configurations in one folder."""
-        path = self.layout.config
-        changed = changed_keys(load_run_config(path), self.cfg) if path.exists() else []
-        if changed:
-            raise ScarceError(f"{path}: this run folder was made with another configuration ({', '.join(changed)} "
-                              "differ); use another output folder")
-        write_text(path, dump_yaml(self.cfg))
+        store_run_config(self.layout.config, self.cfg, load_run_config)
 
     @property
     def data_root(self) -> Path:

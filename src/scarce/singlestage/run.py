@@ -38,11 +38,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from scarce.config import changed_keys, dump_yaml, from_dict, load_yaml, merge
+from scarce.config import from_dict, load_yaml, merge, store_run_config
 from scarce.data.base import WeakDataset, open_dataset
 from scarce.data.scenes import generate_scenes
-from scarce.errors import ConfigError, ScarceError
-from scarce.io import read_json, save_label_png, write_json, write_text
+from scarce.errors import ConfigError
+from scarce.io import read_json, save_label_png, write_json
 from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
 from scarce.pipeline import DataConfig, EvalConfig
 from scarce.refinement import Refiner, RefinerChain
@@ -96,12 +96,7 @@ class SingleStageRun:
 
     def write_config(self) -> None:
         """Store the resolved config; refuse a folder made with another one."""
-        path = self.folder / "config.yaml"
-        changed = changed_keys(load_config(path), self.cfg) if path.exists() else []
-        if changed:
-            raise ScarceError(f"{path}: this run folder was made with another configuration ({', '.join(changed)} "
-                              "differ); use another output folder")
-        write_text(path, dump_yaml(self.cfg))
+        store_run_config(self.folder / "config.yaml", self.cfg, load_config)
 
     @property
     def data_root(self) -> Path:
