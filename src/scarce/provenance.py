@@ -10,7 +10,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-LIBRARIES = ("torch", "torchvision", "timm", "numpy", "scikit-image", "pillow")
+LIBRARIES = ("torch", "torchvision", "timm", "numpy", "scikit-image", "pillow", "segmentation-models-pytorch", "pydensecrf2")
 
 
 def environment() -> dict[str, Any]:
