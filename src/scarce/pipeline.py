@@ -111,7 +111,7 @@ class RunConfig:
 # the segmentation model to convergence instead.
 DEMO_LADDER: dict[str, Any] = {
     "refine": ["crf"],
-    "segment": {"train": {"epochs": 8}, "scales": [1.0]},
+    "segment": {"train": {"epochs": 5}, "scales": [1.0]},
 }
 
 
