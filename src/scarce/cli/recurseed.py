@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scarce.cli import add_quiet
 from scarce.config import parse_overrides
 
 
@@ -19,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(run)
     run.set_defaults(func=cmd_run)
 
 
