@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,16 @@ COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     """``--quiet``, the one switch for progress bars in every command (they are on by default)."""
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, configs: str = "configs/") -> None:
+    """A run command's arguments: the YAML config, the run folder, --resume, --set overrides and --quiet."""
+    parser.add_argument("config", type=Path, help=f"YAML config (see {configs})")
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    add_quiet(parser)
 
 
 def add_optional_config(parser: argparse.ArgumentParser, text: str) -> None:

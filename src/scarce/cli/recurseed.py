@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from scarce.cli import add_quiet
+from scarce.cli import add_run_arguments
 from scarce.config import parse_overrides
 
 
@@ -15,12 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rs.set_defaults(func=lambda args: (rs.print_help(), 2)[1])
     run = rs_sub.add_parser("run", help="train the one network, score its decoder on val and test "
                                         "(and the multi-stage route with multi_stage: true)")
-    run.add_argument("config", type=Path, help="YAML config (see configs/recurseed/)")
-    run.add_argument("--out", type=Path, required=True, help="run folder")
-    run.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-    add_quiet(run)
+    add_run_arguments(run, "configs/recurseed/")
     run.set_defaults(func=cmd_run)
 
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from scarce.cli import add_optional_config, add_quiet, optional_config
+from scarce.cli import add_optional_config, add_quiet, add_run_arguments, optional_config
 from scarce.config import merge, parse_overrides
 
 # stage name -> help; each is `scarce NAME RUN [--quiet]`
@@ -53,12 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("train", cmd_train, "train the classifier of a config (checkpoint every epoch; --resume continues)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", type=Path, help="YAML config (see configs/)")
-        p.add_argument("--out", type=Path, required=True, help="run folder")
-        p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=3")
-        add_quiet(p)
+        add_run_arguments(p)
         p.set_defaults(func=func)
 
     cam = sub.add_parser("cam", help="write CAMs of a split for a trained run")
