@@ -89,5 +89,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = merge(data, parse_overrides(overrides))
     cfg = from_dict(CILConfig, data)
     if not isinstance(cfg.method, dict) or not cfg.method.get("name"):
-        raise ConfigError(f"{path or 'config'}: method must be a mapping with a 'name' (finetune, joint, lwf, icarl, lucir, podnet, lucir_aanets, podnet_aanets, mnemonics)")
+        raise ConfigError(f"{path or 'config'}: method must be a mapping with a 'name' (finetune, joint, lwf, icarl, lucir, podnet, lucir_aanets, podnet_aanets, mnemonics; <name>_placebo for lwf, icarl, lucir, podnet and the aanets variants)")
     return cfg

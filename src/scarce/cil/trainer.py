@@ -125,6 +125,7 @@ class Trainer:
         sample = self.data.train.load(np.array([0]))
         self.in_channels, self.image_size = int(sample.shape[1]), int(sample.shape[-1])
         self.learner = self._new_learner()
+        self.learner.prepare_run(self.data, self.protocol, self.pre)  # before a resume reads its checkpoint
         self.memory = Memory(self.protocol.memory)
         self.rows: dict[str, list[list[float]]] = {h: [] for h in self.learner.eval_heads}
         self.train_time = 0.0
@@ -352,6 +353,7 @@ class Trainer:
             "primary_head": self.learner.primary_head,
             "heads": {h: compute_metrics(m) for h, m in mats.items()},
             "memory_per_class": {str(k): v for k, v in self.memory.counts().items()},
+            **({"method_report": report} if (report := self.learner.report()) else {}),
             "wall_time_s": elapsed,
             "environment": environment(),
             "unit": "percent",
