@@ -98,7 +98,7 @@ class FileStream:
         w, h = max(side, round(img.size[0] * scale)), max(side, round(img.size[1] * scale))
         img = img.resize((w, h), Image.BILINEAR)
         left, top = (w - side) // 2, (h - side) // 2
-        arr = np.asarray(img.crop((left, top, left + side, top + side)))
+        arr = np.array(img.crop((left, top, left + side, top + side)))  # writable, for torch.from_numpy
         return arr[:, :, None] if arr.ndim == 2 else arr
 
     def load(self, indices: np.ndarray) -> torch.Tensor:
@@ -110,7 +110,7 @@ class FileStream:
             square = squares.setdefault(f, self._square(f))
             r, c = divmod(t, self.tiles)
             crop = square[r * self.size : (r + 1) * self.size, c * self.size : (c + 1) * self.size]
-            out[k] = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+            out[k] = torch.from_numpy(crop).permute(2, 0, 1)
         return out
 
 
