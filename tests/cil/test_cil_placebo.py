@@ -245,3 +245,29 @@ def test_online_policy_without_exemplars_is_a_config_error(folder, tmp_path):
         Trainer(placebo_config("lwf_placebo", folder), tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"per_step \(9\) ≤ candidates \(8\)"):
         Trainer(placebo_config("lucir_placebo", folder, "method.placebo.per_step=9"), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("kd_on", ["all", "old_and_placebos", "placebos"])
+def test_kd_on_names_the_rows_distilled_on(kd_on, folder, tmp_path):
+    cfg = placebo_config("lucir_placebo", folder, f"method.placebo.kd_on={kd_on}", "protocol.class_order=[0,1,2,3]",
+                         "protocol.n_phases=1", "data.train_per_class=8")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    learner, seen = trainer.learner, []
+    supervised, distillation = learner.supervised_loss, learner.distillation
+
+    def record_labels(out, y, ctx):
+        seen.append({"labelled": len(y), "old": int((y < ctx.n_old).sum())})
+        return supervised(out, y, ctx)
+
+    def record_rows(out, x, ctx):
+        if ctx.phase:
+            seen[-1]["kd"] = len(x) if len(out["logits"]) == len(x) else None
+        return distillation(out, x, ctx)
+
+    learner.supervised_loss, learner.distillation = record_labels, record_rows
+    trainer.run()
+    steps = [s for s in seen if "kd" in s]
+    assert len(steps) == 2  # phase 1: 16 new images + 8 exemplars (one per old class withheld): batches of 16, 8
+    want = {"all": lambda s: s["labelled"] + 4, "old_and_placebos": lambda s: s["old"] + 4, "placebos": lambda s: 4}
+    assert [s["kd"] for s in steps] == [want[kd_on](s) for s in steps]
+    assert all(s["old"] > 0 for s in steps) and all(s["labelled"] > s["old"] for s in steps)
