@@ -147,6 +147,9 @@ def test_bad_streams_are_errors_naming_the_path(folder, tmp_path):
     cfg = lambda root, **kw: FreeStreamConfig(source="folder", root=str(root), **kw)  # noqa: E731
     with pytest.raises(DataError, match=rf"{tmp_path / 'nowhere'}: free-stream folder not found"):
         build_free_stream(cfg(tmp_path / "nowhere"), data, protocol)
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{tmp_path / 'file.png'}: the free stream must be a folder"):
+        build_free_stream(cfg(tmp_path / "file.png"), data, protocol)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=rf"{tmp_path / 'empty'}: no class folders with images"):
         build_free_stream(cfg(tmp_path / "empty"), data, protocol)

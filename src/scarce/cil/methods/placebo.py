@@ -259,12 +259,9 @@ class PlaceboMixin(Learner):
         inputs = torch.cat([x, placebos])
         out = self.net(inputs)
         loss, logs = self.supervised_loss(_rows(out, slice(0, n)), y, ctx)
-        kd_rows = {
-            "all": torch.arange(len(inputs), device=x.device),
-            "old_and_placebos": torch.cat([torch.nonzero(y < ctx.n_old).flatten(),
-                                           torch.arange(n, len(inputs), device=x.device)]),
-            "placebos": torch.arange(n, len(inputs), device=x.device),
-        }[self.placebo.kd_on]
+        kd_rows = torch.arange(0 if self.placebo.kd_on == "all" else n, len(inputs), device=x.device)
+        if self.placebo.kd_on == "old_and_placebos":
+            kd_rows = torch.cat([torch.nonzero(y < ctx.n_old).flatten(), kd_rows])
         kd_inputs = inputs[kd_rows]
         kd, kd_logs = self.distillation(_rows(out, kd_rows), kd_inputs, ctx)
         self._track(inputs, kd_inputs)
