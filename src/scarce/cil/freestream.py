@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scarce.cil.data import IMAGE_SUFFIXES, CILData, read_class_list
+from scarce.cil.data import IMAGE_SUFFIXES, CILData, read_class_list, resize_centre_crop
 from scarce.cil.protocol import Protocol
 from scarce.errors import ConfigError, DataError
 
@@ -92,13 +92,8 @@ class FileStream:
             return self._cache[i]
         from scarce.io import read_image
 
-        side = self.size * self.tiles
         img = Image.fromarray(read_image(self.files[i], mode="L" if self.channels == 1 else "RGB"))
-        scale = side / min(img.size)
-        w, h = max(side, round(img.size[0] * scale)), max(side, round(img.size[1] * scale))
-        img = img.resize((w, h), Image.BILINEAR)
-        left, top = (w - side) // 2, (h - side) // 2
-        arr = np.array(img.crop((left, top, left + side, top + side)))  # writable, for torch.from_numpy
+        arr = np.array(resize_centre_crop(img, self.size * self.tiles))  # writable, for torch.from_numpy
         return arr[:, :, None] if arr.ndim == 2 else arr
 
     def load(self, indices: np.ndarray) -> torch.Tensor:
