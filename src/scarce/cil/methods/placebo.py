@@ -230,8 +230,9 @@ class PlaceboMixin(Learner):
         self._tracked = [(ref, n) for ref, n in self._tracked if ref() is not None]
         return sum(n for _, n in self._tracked)
 
-    def _track(self, *tensors: torch.Tensor) -> None:
-        self._tracked += [(weakref.ref(t), len(t)) for t in tensors]
+    def _track(self, *held: tuple[torch.Tensor, int]) -> None:
+        """Watch tensors that hold stream images: (tensor, how many of its rows are stream images)."""
+        self._tracked += [(weakref.ref(t), n) for t, n in held]
 
     def _placebo_batch(self, ctx: PhaseContext) -> torch.Tensor:
         p, stream = self.placebo, self.stream
@@ -245,7 +246,7 @@ class PlaceboMixin(Learner):
         scores = evaluation_scores(features, self.prototypes, ctx.n_old, targets, *self.evaluation_weights())
         chosen = select_placebos(scores, p.per_step, start=self.placebo_step % len(targets))
         placebos = candidates[chosen]
-        self._track(candidates, placebos)
+        self._track((candidates, len(candidates)), (placebos, len(placebos)))
         return placebos
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, ctx: PhaseContext) -> tuple[torch.Tensor, dict[str, float]]:
@@ -264,7 +265,7 @@ class PlaceboMixin(Learner):
             kd_rows = torch.cat([torch.nonzero(y < ctx.n_old).flatten(), kd_rows])
         kd_inputs = inputs[kd_rows]
         kd, kd_logs = self.distillation(_rows(out, kd_rows), kd_inputs, ctx)
-        self._track(inputs, kd_inputs)
+        self._track((inputs, len(placebos)), (kd_inputs, len(placebos)))
         log["steps"] += 1
         log["candidates_evaluated"] += min(self.placebo.candidates, len(self.stream))
         log["placebos_used"] += len(placebos)
