@@ -24,6 +24,7 @@ Each command prints its markdown table; ``run`` also writes ``ladder.json`` and 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import shutil
 import statistics
@@ -144,12 +145,26 @@ def run_ladder(args: argparse.Namespace) -> int:
             "ratio": metrics["segmentation"]["test"]["miou"] / metrics["ceiling"]["test"]["miou"],
             "cost_cam_units": {k: v / unit for k, v in timings.items() if k.startswith(("segmentation", "ceiling"))},
             "config": to_dict(run.cfg.segment),
+            "loss_curves": {name: loss_curve(folder / "train_log.csv")
+                            for name, folder in (("segmentation", run.layout.segment), ("ceiling", run.layout.ceiling))},
         }
     write_json(args.out / "ladder.json", result)
     table = markdown([result])
     write_text(args.out / "table.md", table)
     print(table)
     return 0
+
+
+def loss_curve(log: Path) -> list[float]:
+    """The mean training loss of every epoch (``train_log.csv``): the convergence curve."""
+    with open(log, newline="") as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def _curve_text(curve: Sequence[float]) -> str:
+    """The loss at epoch 1, every tenth epoch and the last."""
+    epochs = sorted({1, *range(10, len(curve) + 1, 10), len(curve)})
+    return ", ".join(f"{epoch}: {curve[epoch - 1]:.3f}" for epoch in epochs)
 
 
 def _cell(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -184,7 +199,8 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             f"{_cell([r['cost_cam_units'] for r in rows], 1, 2)} |")
     segs = [res["segmentation"] for res in results if "segmentation" in res]
     if segs:
-        lines += ["", "| rung (test) | mIoU | FP | FN |", "|---|---|---|---|"]
+        lines += ["", f"Segmentation: {len(segs)} of the {len(results)} seed(s).", "",
+                  "| rung (test) | mIoU | FP | FN |", "|---|---|---|---|"]
         chosen = ", ".join(f"{s.get('method', '')} {s['refine']}".strip() for s in segs)
         lines += [
             f"| segmentation on the best-by-val pseudo masks ({chosen}) | {_cell([s['test']['miou'] for s in segs])} | "
@@ -194,6 +210,9 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             f"| segmentation / ceiling | {_cell([s['ratio'] for s in segs])} % | | |",
             f"| (val) segmentation / ceiling | {_cell([s['val']['miou'] for s in segs])} / "
             f"{_cell([s['ceiling_val']['miou'] for s in segs])} | | |"]
+        for seg in segs:
+            for name, curve in seg.get("loss_curves", {}).items():
+                lines.append(f"\nTraining loss of the {name} model by epoch: {_curve_text(curve)}.")
     return "\n".join(lines) + "\n"
 
 

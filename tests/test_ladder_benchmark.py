@@ -44,3 +44,12 @@ def test_table_of_two_seeds_has_hand_computed_means_and_gains():
 def test_costs_need_a_recorded_classifier_time(tmp_path):
     with pytest.raises(ConfigError, match="training time"):
         ladder.cam_unit_seconds(tmp_path / "run")
+
+
+def test_loss_curve_reads_every_epoch_and_prints_every_tenth(tmp_path):
+    log = tmp_path / "train_log.csv"
+    rows = "".join(f"{epoch},{epoch * 45},{1.0 / epoch},0.01,0.5\n" for epoch in range(1, 26))
+    log.write_text("epoch,step,loss,lr,ce\n" + rows)
+    curve = ladder.loss_curve(log)
+    assert len(curve) == 25 and curve[3] == 0.25
+    assert ladder._curve_text(curve) == "1: 1.000, 10: 0.100, 20: 0.050, 25: 0.040"
