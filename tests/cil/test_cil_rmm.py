@@ -128,6 +128,16 @@ def test_rmm_memory_respects_the_budget_in_every_phase(tmp_path):
             assert len(set(kept.tolist())) == n and set(kept.tolist()) <= set(trainer.scenario.class_indices(int(c)).tolist())
 
 
+def test_keeping_every_new_image_trains_exactly_as_without_rmm(tmp_path):
+    # m = 0 moves nothing: every phase trains on the same images in the same batches as plain LUCIR (the old
+    # classes' exemplars are the head of the same herding ranking), so the CNN accuracy matrix is identical
+    plain = run(tiny_config("lucir"), tmp_path / "plain", progress=False)
+    cfg = tiny_config("lucir", "rmm.hidden=4")
+    rmm = Trainer(cfg, tmp_path / "rmm", progress=False, allocator=RMMAllocator(cfg.rmm, fixed_policy(0, 0))).run()
+    assert [s["rate"] for s in rmm.metrics["memory_policy"]["splits"].values()] == [0.0, 0.0]
+    assert rmm.matrices["cnn"].per_task == plain.matrices["cnn"].per_task
+
+
 # --- policy training never reads the test split --------------------------------------------------------------
 
 def test_sealed_split_refuses_every_access():
@@ -213,3 +223,25 @@ def test_one_base_class_cannot_make_pseudo_tasks(tmp_path):
     cfg = tiny_config("lucir", "protocol.n_base=1", "protocol.n_phases=1", "protocol.class_order=[0,1]", *FAST)
     with pytest.raises(ConfigError, match="RMM needs at least 2 base classes"):
         run(cfg, tmp_path, progress=False)
+
+
+def test_resume_after_a_kill_replays_the_rmm_run(tmp_path):
+    # killed mid-phase 2 (after its policy was trained and its split made): the checkpoint carries the policy,
+    # the kept images and the memory limits, so the resumed run ends exactly as an uninterrupted one
+    cfg = tiny_config("lucir", *FAST, "data.train_per_class=12", "data.test_per_class=4", "train.epochs=2")
+    full = run(cfg, tmp_path / "full", progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill(trainer, phase, epoch, step):
+        if phase == 2 and epoch == 1:
+            raise Kill
+
+    with pytest.raises(Kill):
+        Trainer(cfg, tmp_path / "killed", progress=False, callbacks=[kill]).run()
+    assert torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)["phase"] == 2
+    resumed = run(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert resumed.matrices["cnn"].per_task == full.matrices["cnn"].per_task
+    assert resumed.metrics["memory_policy"]["splits"] == full.metrics["memory_policy"]["splits"]
+    assert resumed.metrics["memory_per_class"] == full.metrics["memory_per_class"]

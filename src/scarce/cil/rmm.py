@@ -17,7 +17,9 @@ The kept images of a class are its herding ranking on the phase's starting featu
 ``selection: random``). After training, the whole phase's memory stays (re-ranked by herding on the trained
 model), so the next phase can give its old classes more than ``B`` exemplars; the base phase keeps all its
 data (``T_0 = |D_0|``). :class:`scarce.cil.memory.MemoryLimits` carries each phase's budget and quotas, and the
-trainer's budget check after every phase enforces them.
+trainer's budget check after every phase enforces them. With ``m = 0`` a phase trains on exactly the batches it
+would without RMM; the memory after it still holds the phase's new-class data, which NME class means and
+PODNet's class-balanced finetuning then see.
 
 Policy. State ``s_i = [i / N, n_old / n_seen, B(n_old) / T_i]`` (scale-free, so that a policy trained on small
 pseudo tasks applies to the real ones). Level-1: a two-layer MLP on ``s_i``, softmax over ``old_rates``. Level-2:
@@ -312,12 +314,13 @@ class RMMAllocator:
         total = old_budget + sum(len(p) for p in pools.values())
         state = torch.tensor([phase / protocol.n_phases, n_old / n_seen, old_budget / total], dtype=torch.float32)
         action = self.policy.act(state, class_spread(features), generator=self.sample)
-        rate = float(self.policy.rates[action.rate_index])
-        weights = {c: float(self.policy.factors[action.factor_indices[c]]) if action.factor_indices else 1.0 for c in pools}
+        rate = self.cfg.old_rates[action.rate_index]  # the config's values (the policy's buffers are float32)
+        weights = {c: self.cfg.class_factors[action.factor_indices[c]] if action.factor_indices else 1.0 for c in pools}
         split = split_memory(old_budget, n_old, {c: len(p) for c, p in pools.items()}, rate, weights)
         selection = protocol.memory.selection
-        self.kept[phase] = {c: pools[c][_keep_order(features[c], split.new_counts[c], selection, ctx.generator("rmm-keep", c))]
-                            for c in pools}
+        # sorted: with every image kept, the phase trains on exactly the batches it would without RMM
+        self.kept[phase] = {c: np.sort(pools[c][_keep_order(features[c], split.new_counts[c], selection,
+                                                            ctx.generator("rmm-keep", c))]) for c in pools}
         self.splits[phase] = split
         if self.sample is not None:
             self.log_probs.append(action.log_prob)
