@@ -20,6 +20,7 @@ from scarce.errors import ConfigError, DataError
 from cil_helpers import tiny_config
 
 FAST = ("rmm.episodes=2", "rmm.pseudo_epochs=1")
+SMALL = ("data.train_per_class=12", "data.test_per_class=4")
 
 
 # --- REINFORCE ------------------------------------------------------------------------------------------------
@@ -169,13 +170,14 @@ def test_a_run_trains_its_policy_with_the_test_split_sealed(tmp_path, monkeypatc
         return real(cfg, data, protocol, **kwargs)
 
     monkeypatch.setattr(rmm_module, "train_policy", spy)
-    result = run(tiny_config("podnet", *FAST, "method.balanced_finetune_epochs=1"), tmp_path / "run", progress=False)
+    result = run(tiny_config("podnet", *FAST, *SMALL, "method.balanced_finetune_epochs=1"), tmp_path / "run",
+                 progress=False)
     assert calls == [SealedImages]
     assert result.metrics["memory_policy"]["policy_training"]["episodes_run"] == 2
     log = json.loads((tmp_path / "run" / "rmm_policy.json").read_text())
     assert len(log["episodes"]) == 2 and all(0 <= e["reward"] <= 1 for e in log["episodes"])
     # the stored policy is applied as it is: same splits, no training
-    again = run(tiny_config("podnet", *FAST, "method.balanced_finetune_epochs=1",
+    again = run(tiny_config("podnet", *FAST, *SMALL, "method.balanced_finetune_epochs=1",
                             f"rmm.policy={tmp_path / 'run' / 'rmm_policy.pt'}"), tmp_path / "again", progress=False)
     assert calls == [SealedImages]
     assert again.metrics["memory_policy"]["splits"] == result.metrics["memory_policy"]["splits"]
@@ -184,7 +186,7 @@ def test_a_run_trains_its_policy_with_the_test_split_sealed(tmp_path, monkeypatc
 @pytest.mark.parametrize("method", ["lucir_aanets", "podnet_aanets"])
 def test_rmm_runs_with_the_aanets_learners(method, tmp_path):
     result = Trainer(tiny_config(method, "rmm.hidden=4", "method.aggregation_lr=0.01",
-                                 "data.train_per_class=12", "data.test_per_class=4"),
+                                 *SMALL),
                      tmp_path, progress=False, allocator=RMMAllocator(tiny_config("lucir", "rmm.hidden=4").rmm,
                                                                        fixed_policy(3, 2))).run()
     assert [s["old_slots"] for s in result.metrics["memory_policy"]["splits"].values()] == [10 + 7, 20 + 7]
@@ -228,7 +230,7 @@ def test_one_base_class_cannot_make_pseudo_tasks(tmp_path):
 def test_resume_after_a_kill_replays_the_rmm_run(tmp_path):
     # killed mid-phase 2 (after its policy was trained and its split made): the checkpoint carries the policy,
     # the kept images and the memory limits, so the resumed run ends exactly as an uninterrupted one
-    cfg = tiny_config("lucir", *FAST, "data.train_per_class=12", "data.test_per_class=4", "train.epochs=2")
+    cfg = tiny_config("lucir", *FAST, *SMALL, "train.epochs=2")
     full = run(cfg, tmp_path / "full", progress=False)
 
     class Kill(Exception):

@@ -53,7 +53,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -84,21 +84,18 @@ class SealedImages:
     def __init__(self, what: str = "the test split") -> None:
         self.what = what
 
-    def _refuse(self) -> None:
+    def _refuse(self) -> NoReturn:
         raise SealedSplitRead(f"RMM policy training touched {self.what}; its reward must come from held-out training images")
 
     @property
     def labels(self) -> np.ndarray:
         self._refuse()
-        raise AssertionError  # unreachable
 
     def __len__(self) -> int:
         self._refuse()
-        return 0
 
     def load(self, indices: np.ndarray) -> torch.Tensor:
         self._refuse()
-        raise AssertionError  # unreachable
 
 
 # --- the memory split ---------------------------------------------------------------------------------------
@@ -290,7 +287,9 @@ class RMMAllocator:
         """A real run's allocator; a bad policy file or a protocol without pseudo tasks fails here, before phase 0."""
         assert cfg.rmm is not None
         if cfg.rmm.policy:
-            return cls(cfg.rmm, load_policy(cfg.rmm.policy, cfg.rmm))
+            allocator = cls(cfg.rmm, load_policy(cfg.rmm.policy, cfg.rmm))
+            allocator.training = {"loaded_from": cfg.rmm.policy}
+            return allocator
         pseudo_config(cfg, protocol, 0)
         return cls(cfg.rmm)
 
@@ -313,7 +312,8 @@ class RMMAllocator:
         old_budget = protocol.memory.budget(n_old)
         total = old_budget + sum(len(p) for p in pools.values())
         state = torch.tensor([phase / protocol.n_phases, n_old / n_seen, old_budget / total], dtype=torch.float32)
-        action = self.policy.act(state, class_spread(features), generator=self.sample)
+        with torch.set_grad_enabled(self.sample is not None):  # the frozen policy needs no graph
+            action = self.policy.act(state, class_spread(features), generator=self.sample)
         rate = self.cfg.old_rates[action.rate_index]  # the config's values (the policy's buffers are float32)
         weights = {c: self.cfg.class_factors[action.factor_indices[c]] if action.factor_indices else 1.0 for c in pools}
         split = split_memory(old_budget, n_old, {c: len(p) for c, p in pools.items()}, rate, weights)
