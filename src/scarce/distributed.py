@@ -15,11 +15,11 @@ Every trainer and extraction loop of scarce calls this module and nothing else f
   This is the all-reduce of ``DistributedDataParallel`` done once after ``backward`` instead of in buckets
   during it: scarce's objectives and CIL learners call submodules of the network directly (features, heads,
   several forwards), which the DDP wrapper, which hooks only its own ``forward``, would not see.
-- **BatchNorm.** BN layers in training mode are replaced by :class:`SyncedBatchNorm` (:func:`sync_batchnorm`):
-  inside :func:`synced_batches` their batch statistics are those of the global batch (an all-reduce of the
-  per-channel sums, differentiable through :class:`_AllReduceSum`), so a BN network trains as in one process.
-  Frozen BN (eval mode: the classifier's default) has nothing to sync. torch's own ``SyncBatchNorm`` runs on
-  CUDA only; this one runs with gloo on CPU too, so the equivalence is tested where the CI runs.
+- **BatchNorm is synced.** Inside :func:`synced_batches` (the training step), BN layers in training mode
+  normalise with the statistics of the global batch (an all-reduce of the per-channel sums, differentiable
+  through :class:`_AllReduceSum`), so a BN network trains as in one process. Frozen BN (eval mode: the
+  classifier's default) has nothing to sync. torch's own ``SyncBatchNorm`` runs on CUDA only and replaces
+  modules; this runs with gloo on CPU too, so the equivalence is tested where the CI runs.
 - **Extraction** splits its work with :func:`shard`: whole batches, dealt round-robin to ranks, so each image
   is computed in the very batch one process would put it in, and the files are the same.
 """
@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
+import torch.nn.functional as F
 
 from scarce.errors import ConfigError, ScarceError
 
@@ -87,6 +87,14 @@ def session() -> Iterator[World]:
         yield world()
     finally:
         dist.destroy_process_group()
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether a collective failed because another rank of the job stopped (gloo raises a plain RuntimeError
+    naming its transport; NCCL and the store raise ``DistError``)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and (
+        "gloo" in text or "NCCL" in text or "Connection closed by peer" in text or "Connection reset by peer" in text)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,22 +194,28 @@ def sum_gradients(parameters: Sequence[torch.Tensor], extras: torch.Tensor) -> t
 
 
 # -- BatchNorm ------------------------------------------------------------------------------------
-_SYNC_ACTIVE = [False]
+_plain_batch_norm = F.batch_norm
 
 
 @contextmanager
 def synced_batches() -> Iterator[None]:
-    """Within this block, :class:`SyncedBatchNorm` in training mode uses the statistics of all ranks' samples.
+    """Within this block, BatchNorm in training mode normalises with the statistics of all ranks' samples.
 
+    Every BN module (``nn.BatchNorm*d``, timm's ``BatchNormAct2d``, ...) computes through
+    ``torch.nn.functional.batch_norm``; the block routes that function to :func:`_synced_batch_norm`, so no
+    module is replaced (a replacement would drop what a subclass adds, such as timm's fused activation).
     Only the sharded training step opens it: loops that every rank runs on the same data (a method's
-    balanced fine-tuning, say) must keep local statistics, or their BN gradients would be summed N times.
+    balanced fine-tuning, say) keep local statistics, or their BN gradients would be summed N times.
+    In one process it changes nothing.
     """
-    previous = _SYNC_ACTIVE[0]
-    _SYNC_ACTIVE[0] = world().size > 1
+    if world().size == 1:
+        yield
+        return
+    F.batch_norm = _synced_batch_norm
     try:
         yield
     finally:
-        _SYNC_ACTIVE[0] = previous
+        F.batch_norm = _plain_batch_norm
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -220,54 +234,28 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm (any input rank) whose training statistics span all ranks inside :func:`synced_batches`.
-
-    Outside that block, in eval mode or in one process it is the plain ``_BatchNorm``; parameter and buffer
-    names are those of ``nn.BatchNorm*d``, so checkpoints load either way.
-    """
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _SYNC_ACTIVE[0]):
-            return super().forward(input)
-        dims = [0, *range(2, input.dim())]
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        count = all_sum(torch.tensor(float(input.numel() // input.shape[1]), dtype=torch.float64,
-                                     device=input.device)).item()
-        mean = _AllReduceSum.apply(input.sum(dims)) / count  # two passes: the variance of centred values
-        centred = input - mean.view(shape)
-        var = _AllReduceSum.apply((centred * centred).sum(dims)) / count
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-                unbiased = var.detach() * count / max(count - 1, 1)
-                self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-        return out
-
-
-def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm of ``module`` by a :class:`SyncedBatchNorm` sharing its parameters and buffers
-    (in place where ``module`` is a container; the returned module is the one to use). No-op in one process."""
-    if world().size == 1 or isinstance(module, SyncedBatchNorm):
-        return module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        synced = SyncedBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats)
-        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            setattr(synced, name, tensor)  # the same objects: an optimiser holding them keeps working
-        synced.train(module.training)
-        return synced
-    for name, child in module.named_children():
-        replaced = sync_batchnorm(child)
-        if replaced is not child:
-            setattr(module, name, replaced)
-    return module
+def _synced_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                       weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                       momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm`` whose batch statistics are those of the global batch (sums all-reduced, two passes)."""
+    if not training:
+        return _plain_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    dims = [0, *range(2, input.dim())]
+    shape = [1, -1] + [1] * (input.dim() - 2)
+    count = all_sum(torch.tensor(float(input.numel() // input.shape[1]), dtype=torch.float64,
+                                 device=input.device)).item()
+    mean = _AllReduceSum.apply(input.sum(dims)) / count
+    centred = input - mean.view(shape)
+    var = _AllReduceSum.apply((centred * centred).sum(dims)) / count
+    out = centred * torch.rsqrt(var + eps).view(shape)
+    if weight is not None:
+        out = out * weight.view(shape)
+    if bias is not None:
+        out = out + bias.view(shape)
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var.detach() * count / max(count - 1, 1)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return out

@@ -45,8 +45,8 @@ from scarce.cil.metrics import AccuracyMatrix, compute_metrics, DEFINITIONS
 from scarce.cil.models import build_backbone
 from scarce.cil.protocol import Protocol, Scenario
 from scarce.config import changed_keys, to_dict
-from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, sync_batchnorm,
-                                synced_batches, world)
+from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, synced_batches,
+                                world)
 from scarce.errors import ConfigError, TrainingError
 from scarce.io import read_json, save_torch, write_json, write_text
 from scarce.lock import run_lock
@@ -293,7 +293,7 @@ class Trainer:
     def _train(self, ctx: PhaseContext, opt, sched, epochs: int, start_epoch: int, start_step: int) -> None:
         indices = self.learner.train_indices(ctx)
         n_batches = len(self._batches(indices, ctx.phase, 0))
-        net = sync_batchnorm(self.learner.net)  # in place: the learner's net (a container) now syncs its BN
+        net = self.learner.net
         parameters = [p for group in opt.param_groups for p in group["params"]]
         bar = _progress(total=epochs * n_batches, initial=start_epoch * n_batches + start_step,
                         desc=f"{self.learner.name} phase {ctx.phase}/{self.protocol.n_phases}",

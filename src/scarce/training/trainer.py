@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from scarce.data.base import WeakDataset
-from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, sync_batchnorm,
-                                synced_batches, world)
+from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, synced_batches,
+                                world)
 from scarce.errors import ScarceError, TrainingError
 from scarce.io import save_torch, write_text
 from scarce.models.classifier import CamClassifier
@@ -187,8 +187,6 @@ def train_classifier(
         model.to(memory_format=torch.channels_last)
     if cfg.freeze_bn:
         _freeze_batchnorm(model)
-    else:
-        sync_batchnorm(model)
     optimizer = build_optimizer(model, objective, cfg)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
