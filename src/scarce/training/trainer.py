@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from scarce.data.base import WeakDataset
-from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, synced_batches,
-                                world)
+from scarce.distributed import (all_sum, barrier, batch_part, check_batch, resolve_device, sum_gradients,
+                                synced_batches, world)
 from scarce.errors import ScarceError, TrainingError
 from scarce.io import save_torch, write_text
 from scarce.models.classifier import CamClassifier
@@ -240,18 +240,18 @@ def train_classifier(
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            batch_images, labels = (t.to(device, non_blocking=pin) for t in next(loaded)) if part else (None, None)
+            # the mean over the whole batch: each rank's mean weighted by its share of what the mean divides by
+            weight = objective.batch_weight(labels) if part else 0.0
+            total = all_sum(torch.tensor(weight, dtype=torch.float64, device=device)).clamp_min(1e-12)
             if part:
-                batch_images, labels = (t.to(device, non_blocking=pin) for t in next(loaded))
                 if cfg.channels_last and batch_images.dim() == 4:
                     batch_images = batch_images.contiguous(memory_format=torch.channels_last)
                 with synced_batches(), autocast(device, cfg.amp):
                     loss, parts = objective(model, batch_images, labels, step / total_steps)
-                # the mean over the whole batch: this rank's mean weighted by its share, summed over ranks
-                weighted = loss if ranks.size == 1 else loss * (len(part) / len(batch))
-                scaler.scale(weighted).backward()
-                loss_sum = loss.detach().double() * len(part)
-            loss_sum = sum_gradients(parameters, loss_sum.reshape(1))[0]
-            batch_loss = float(loss_sum) / len(batch)
+                scaler.scale(loss if ranks.size == 1 else loss * float(weight / total)).backward()
+                loss_sum = loss.detach().double() * weight
+            batch_loss = float(sum_gradients(parameters, loss_sum.reshape(1))[0] / total)
             if not math.isfinite(batch_loss):
                 raise TrainingError(
                     f"non-finite loss ({batch_loss}) at epoch {epoch + 1}, step {step + 1}; "
