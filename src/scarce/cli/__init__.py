@@ -7,7 +7,9 @@ package), so the parser is assembled here and nowhere else knows about argparse.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
 from pathlib import Path
 
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with distributed.session() as ranks:
             who += f" (rank {ranks.rank} of {ranks.size})" if ranks.size > 1 else ""
-            result = args.func(args)
+            # rank 0 prints the summary; the others' errors still reach stderr
+            with contextlib.nullcontext() if ranks.is_main else contextlib.redirect_stdout(io.StringIO()):
+                result = args.func(args)
     except ScarceError as exc:
         print(f"{who}: error: {exc}", file=sys.stderr)
         return 1
