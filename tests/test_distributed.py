@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,13 @@ from scarce.cams.store import load_cam
 from scarce.cil.data import Preprocess
 from scarce.cil.trainer import Trainer
 from scarce.data.base import open_dataset
-from scarce.distributed import World, batch_part, lost_peer, session, world
-from scarce.errors import ScarceError
+from scarce.distributed import World, batch_part, lost_peer, resolve_device, session, world
+from scarce.errors import ConfigError, ScarceError
 from scarce.lock import LOCK_NAME, run_lock
 from scarce.models import CamClassifier, GlobalAvgPool
 from scarce.pipeline import extract_cams
 from scarce.training import AugmentConfig, TrainConfig, load_trained, train_classifier
+from scarce.training.losses import MultiLabelObjective
 
 # BN in training mode (synced over ranks), 4 global batches of 6 per epoch
 SYNCED = TrainConfig(epochs=1, batch_size=6, lr=0.05, augment=AugmentConfig(crop_size=32), seed=5, freeze_bn=False)
@@ -258,3 +260,41 @@ def test_a_second_run_in_a_folder_is_refused_and_a_stale_lock_taken_over(tmp_pat
             pass
         assert (tmp_path / LOCK_NAME).exists()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+# -- the device path --------------------------------------------------------------------------------
+class RecordsPrecision(MultiLabelObjective):
+    """The cam objective, noting the dtype of the logits of each step (autocast's, when on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, model, images, labels, progress):
+        self.dtypes.append(model(images).dtype)
+        return super().forward(model, images, labels, progress)
+
+
+@pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_runs_the_forward_pass_in_its_precision_and_keeps_float32_weights(tiny_scenes, tmp_path, amp, dtype):
+    data = open_dataset("scenes", tiny_scenes, "train")
+    objective = RecordsPrecision()
+    cfg = replace(FROZEN, epochs=1, amp=amp, channels_last=True, pin_memory=True)  # pinning is skipped on a CPU
+    train_classifier(fresh_model(data.num_classes), data, cfg, tmp_path, objective=objective, progress=False)
+    assert objective.dtypes == [dtype] * 3  # 14 images, global batches of 5
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_device_names_resolve_or_fail_clearly(tiny_scenes, tmp_path):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    data = open_dataset("scenes", tiny_scenes, "train")
+    with pytest.raises(ConfigError, match="train.amp must be one of none, bf16, fp16, got 'fp8'"):
+        train_classifier(fresh_model(data.num_classes), data, replace(FROZEN, amp="fp8"), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from scarce.data.base import WeakDataset
 from scarce.distributed import (all_sum, barrier, batch_part, check_batch, resolve_device, sum_gradients,
                                 synced_batches, world)
-from scarce.errors import ScarceError, TrainingError
+from scarce.errors import ConfigError, ScarceError, TrainingError
 from scarce.io import save_torch, write_text
 from scarce.models.classifier import CamClassifier
 from scarce.training.losses import MultiLabelObjective, Objective
@@ -117,8 +117,6 @@ def _config_fingerprint(cfg: TrainConfig, extra: dict) -> dict:
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:
     """The forward pass's autocast for ``amp`` (none | bf16 | fp16); disabled for ``none``."""
-    if amp not in AMP_DTYPES:
-        raise ScarceError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp] or torch.bfloat16, enabled=amp != "none")
 
 
@@ -171,6 +169,8 @@ def train_classifier(
     ranks = world()
     check_batch(cfg.batch_size, "train.batch_size")
     device = resolve_device(cfg.device)
+    if cfg.amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {cfg.amp!r}")
 
     n = len(dataset.samples)
     steps_per_epoch = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
