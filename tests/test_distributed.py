@@ -42,7 +42,7 @@ CAMS = CamConfig(scales=(1.0, 0.5), batch_size=3)
 CIL = ["seed=0", "data.subset=true", "data.train_per_class=12", "data.test_per_class=6", "protocol.class_order=[0,1,2,3]",
        "protocol.n_base=2", "protocol.n_phases=1", "protocol.memory.size=3", "train.epochs=2", "train.batch_size=10",
        "train.lr=0.05", "train.schedule=constant", "train.threads=1", "train.checkpoint_every=0",
-       "method.name=icarl"]
+       "data.augment=crop_flip", "method.name=icarl"]  # crop_flip: each rank takes its items of the batch draws
 
 
 def fresh_model(num_classes: int) -> CamClassifier:

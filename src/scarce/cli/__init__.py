@@ -15,6 +15,8 @@ from pathlib import Path
 
 from scarce.errors import ConfigError, ScarceError
 
+# Commands that split their work over the processes of a torchrun job (docs/scaling.md); the others refuse one.
+TORCHRUN_COMMANDS = ("run", "train", "cam", "stage", "masks", "demo", "cil run")
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil", "scarce.cli.recurseed")
 
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with distributed.session() as ranks:
             who += f" (rank {ranks.rank} of {ranks.size})" if ranks.size > 1 else ""
+            name = " ".join(filter(None, [args.command, getattr(args, "cil_command", None)]))
+            if ranks.size > 1 and name not in TORCHRUN_COMMANDS:
+                raise ConfigError(f"scarce {name} runs in one process; start it without torchrun (torchrun runs: "
+                                  f"{', '.join(f'scarce {c}' for c in TORCHRUN_COMMANDS)})")
             # rank 0 prints the summary; the others' errors still reach stderr
             with contextlib.nullcontext() if ranks.is_main else contextlib.redirect_stdout(io.StringIO()):
                 result = args.func(args)
