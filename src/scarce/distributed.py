@@ -9,8 +9,9 @@ Every trainer and extraction loop of scarce calls this module and nothing else f
 - **Global batches.** A config's ``batch_size`` is the *global* batch: each step takes the next
   ``batch_size`` samples of the epoch's order, the same in every process (the order is a function of (seed,
   epoch)), and :func:`batch_part` gives each rank its contiguous part. After each rank's ``backward`` of its
-  loss scaled by (its samples / the batch's samples), :func:`sum_gradients` sums the gradients over ranks:
-  the gradient of the mean loss over the whole batch, as one process computes it. N processes therefore
+  loss scaled by its share of what the batch's mean divides by (images; labelled pixels for a pixel-mean
+  loss: ``Objective.batch_weight``), :func:`sum_gradients` sums the gradients over ranks: the gradient of
+  the mean loss over the whole batch, as one process computes it. N processes therefore
   reach the weights of one process, to float tolerance, and a checkpoint resumes under any process count.
   This is the all-reduce of ``DistributedDataParallel`` done once after ``backward`` instead of in buckets
   during it: scarce's objectives and CIL learners call submodules of the network directly (features, heads,
@@ -178,19 +179,20 @@ def sum_gradients(parameters: Sequence[torch.Tensor], extras: torch.Tensor) -> t
     """
     if world().size == 1:
         return extras
-    device = extras.device
-    has = torch.tensor([p.grad is not None for p in parameters], dtype=extras.dtype, device=device)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(extras.dtype)
-                      for p in parameters] + [has, extras.reshape(-1)])
+    # the gradients' own precision (float32): the all-reduce carries as few bytes as the gradients have
+    dtype, device = (parameters[0].dtype if parameters else extras.dtype), extras.device
+    has = torch.tensor([p.grad is not None for p in parameters], dtype=dtype, device=device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                      for p in parameters] + [has, extras.reshape(-1).to(dtype)])
     dist.all_reduce(flat)
     n_extras = extras.numel()
     offset = 0
     for p, anyone in zip(parameters, flat[-n_extras - len(parameters):-n_extras].tolist()):
         n = p.numel()
         if anyone:
-            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)  # a view of this step's fresh buffer
         offset += n
-    return flat[-n_extras:].view_as(extras)
+    return flat[-n_extras:].view_as(extras).to(extras.dtype)
 
 
 # -- BatchNorm ------------------------------------------------------------------------------------
