@@ -82,6 +82,13 @@ RANGES: dict[str, dict[str, Rule]] = {
         "mask_splits": subset_of("train", "val", "test"),
     },
     "scarce.models.classifier.ModelConfig": {"tap_tau": above(0)},
+    "scarce.cil.config.RMMConfig": {
+        "old_rates": each(FRACTION), "class_factors": each(above(0)), "episodes": at_least(1),
+        "pseudo_base": within(0, 1, low_open=True, high_open=True), "pseudo_phases": optional(at_least(1)),
+        "val_fraction": within(0, 1, low_open=True, high_open=True), "pseudo_epochs": optional(at_least(1)),
+        "pseudo_train_per_class": optional(at_least(2)), "hidden": at_least(1), "lr": above(0),
+        "baseline_momentum": FRACTION,
+    },
     "scarce.localization.evaluate.WsolMetricsConfig": {
         "interval": within(0, 1, low_open=True, high_open=True), "iou_thresholds": each(within(0, 1, low_open=True)),
     },

@@ -67,3 +67,13 @@ def test_cil_errors_are_reported_without_traceback(tmp_path, capsys):
     b.write_text("method: {name: icarl}\nprotocol: {n_base: 6, n_phases: 2}\n")
     assert main(["cil", "compare", str(a), str(b), "--out", str(tmp_path / "x"), "--quiet"]) == 1
     assert "must share data, protocol and model" in capsys.readouterr().err
+
+
+def test_cil_run_with_rmm_trains_and_stores_the_policy(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method:\n  name: lucir\nrmm:\n  episodes: 2\n  pseudo_epochs: 1\n")
+    out = tmp_path / "run"
+    assert main(["cil", "run", str(cfg), "--out", str(out), "--quiet", *_sets()]) == 0
+    assert "RMM policy: 2 pseudo tasks in" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["memory_policy"]["splits"]) == ["1", "2"] and (out / "rmm_policy.pt").is_file()

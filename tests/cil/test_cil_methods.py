@@ -79,7 +79,7 @@ def test_kmeans_finds_separated_clusters():
     assert sorted(round(float(c[0])) for c in centres) == [-3, 3]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not m.endswith("_placebo")))  # those: test_cil_placebo
 def test_every_method_runs_the_tiny_protocol(method, tmp_path):
     extra = {"lucir": ["method.balanced_finetune=true", "method.balanced_finetune_epochs=2"],
              "podnet": ["method.balanced_finetune_epochs=2"]}.get(method, [])

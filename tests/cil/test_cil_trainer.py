@@ -36,6 +36,9 @@ def kill_after(n_steps):
     ("lucir_aanets", 14, ("method.aggregation_lr=0.01", *SMALL)),
     ("podnet_aanets", 14, ("method.aggregation_lr=0.01", "method.balanced_finetune_epochs=2", *SMALL)),
     ("mnemonics", 14, ("method.outer_lr=1.0", "method.inner_steps=2", *SMALL)),
+    # PlaceboCIL: the policy's weights and current arm, the prototypes and the step count of the phase
+    ("lucir_placebo", 14, ("method.placebo.stream.cache=true", "method.placebo.candidates=8",
+                           "method.placebo.per_step=4", *SMALL)),
 ])
 def test_resume_after_a_kill_gives_the_same_accuracy_matrix(method, kill_at, extra, tmp_path):
     # 2 epochs per phase, checkpoints every 3 steps: the kill lands mid-phase, between two checkpoints.

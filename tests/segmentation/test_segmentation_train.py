@@ -77,7 +77,7 @@ def test_pretrained_encoder_gets_the_shipped_imagenet_weights():
 
 def test_config_defaults_survive_a_partial_yaml_section():
     cfg = from_dict(SegmentConfig, {"train": {"epochs": 3, "augment": {"crop_size": 96}}, "scales": [1.0]})
-    assert cfg.train.epochs == 3 and cfg.train.lr == 0.001 and cfg.train.freeze_bn is False
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01 and cfg.train.freeze_bn is False
     assert cfg.train.augment.crop_size == 96 and cfg.train.augment.scale_range == (0.5, 2.0)
     assert cfg.scales == (1.0,)
 

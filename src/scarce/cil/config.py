@@ -70,6 +70,25 @@ class TrainConfig:
 
 
 @dataclass
+class RMMConfig:
+    """RMM's learned memory policy (:mod:`scarce.cil.rmm`); defaults: the paper where it states a value, else the
+    released code (``rmm_train.py``: 200 episodes, hidden width 32)."""
+
+    old_rates: list[float] = field(default_factory=lambda: [round(0.1 * k, 1) for k in range(10)])  # Level-1 actions
+    class_factors: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])  # Level-2 actions (weight per new class)
+    episodes: int = 200  # pseudo CIL tasks the policy is trained on (one REINFORCE update each)
+    pseudo_base: float = 0.5  # share of the base classes that forms the pseudo-base phase
+    pseudo_phases: int | None = None  # pseudo-incremental phases (default: the protocol's N, at most one class each)
+    val_fraction: float = 0.2  # share of each base class's training images held out for the reward
+    pseudo_epochs: int | None = None  # epochs per pseudo phase (default: train.epochs / train.base_epochs)
+    pseudo_train_per_class: int | None = None  # cap on the pseudo-training images per class (default: all)
+    hidden: int = 32  # width of the policy's hidden layers
+    lr: float = 1e-3  # Adam learning rate of the policy
+    baseline_momentum: float = 0.9  # moving-average reward baseline: b <- momentum * b + (1 - momentum) * R
+    policy: str | None = None  # a trained policy file (RUN/rmm_policy.pt) to apply instead of training one
+
+
+@dataclass
 class CILConfig:
     seed: int = 1993
     data: DataConfig = field(default_factory=DataConfig)
@@ -77,6 +96,7 @@ class CILConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: dict = field(default_factory=lambda: {"name": "icarl"})
+    rmm: RMMConfig | None = None  # RMM's memory policy; null: the protocol's fixed exemplar memory
 
     @property
     def method_name(self) -> str:
@@ -89,5 +109,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = merge(data, parse_overrides(overrides))
     cfg = from_dict(CILConfig, data)
     if not isinstance(cfg.method, dict) or not cfg.method.get("name"):
-        raise ConfigError(f"{path or 'config'}: method must be a mapping with a 'name' (finetune, joint, lwf, icarl, lucir, podnet, lucir_aanets, podnet_aanets, mnemonics)")
+        raise ConfigError(f"{path or 'config'}: method must be a mapping with a 'name' (finetune, joint, lwf, icarl, lucir, podnet, lucir_aanets, podnet_aanets, mnemonics; <name>_placebo for lwf, icarl, lucir, podnet and the aanets variants)")
     return cfg

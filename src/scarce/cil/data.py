@@ -56,6 +56,15 @@ class ArrayImages:
         return ArrayImages(self.load(indices), self.labels[indices])
 
 
+def resize_centre_crop(img: Image.Image, side: int) -> Image.Image:
+    """Resize (bilinear) so that the shorter side is ``side``, then crop the central ``side``×``side`` square."""
+    scale = side / min(img.size)
+    w, h = max(side, round(img.size[0] * scale)), max(side, round(img.size[1] * scale))
+    img = img.resize((w, h), Image.BILINEAR)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
 class FolderImages:
     """Image files decoded on demand, resized (shorter side) and centre-cropped to ``size``×``size``."""
 
@@ -73,12 +82,7 @@ class FolderImages:
             return self._cache[i]
         from scarce.io import read_image
 
-        img = Image.fromarray(read_image(self.paths[i]))
-        scale = self.size / min(img.size)
-        w, h = max(self.size, round(img.size[0] * scale)), max(self.size, round(img.size[1] * scale))
-        img = img.resize((w, h), Image.BILINEAR)
-        left, top = (w - self.size) // 2, (h - self.size) // 2
-        img = img.crop((left, top, left + self.size, top + self.size))
+        img = resize_centre_crop(Image.fromarray(read_image(self.paths[i])), self.size)
         out = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
         if self._cache is not None:
             self._cache[i] = out

@@ -6,10 +6,13 @@ A method that learns its exemplars (Mnemonics) also stores one image tensor per 
 loading an exemplar's training index then yields its learned image (``substitute``), so every consumer of the
 memory (training batches, class means) sees the learned images; the index stays as the image's origin.
 :meth:`Memory.assert_within_budget` is called by the trainer after every update.
+A memory policy (RMM, :mod:`scarce.cil.rmm`) replaces the protocol's quotas for a phase with its own
+:class:`MemoryLimits` (a total and one quota per class), which updates and the budget check then obey.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -52,11 +55,23 @@ def random_selection(n: int, m: int, generator: torch.Generator) -> torch.Tensor
     return torch.randperm(n, generator=generator)[: min(m, n)]
 
 
+@dataclass(frozen=True)
+class MemoryLimits:
+    """A phase's memory set by a memory policy: at most ``budget`` images in all, ``quotas[label]`` per class."""
+
+    budget: int
+    quotas: dict[int, int]
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "quotas": {int(c): int(q) for c, q in self.quotas.items()}}
+
+
 class Memory:
-    """Exemplars per incremental label under a :class:`MemorySpec`."""
+    """Exemplars per incremental label under a :class:`MemorySpec` (or a policy's :class:`MemoryLimits`)."""
 
     def __init__(self, spec: MemorySpec) -> None:
         self.spec = spec
+        self.limits: MemoryLimits | None = None
         self.exemplars: dict[int, np.ndarray] = {}
         self.images: dict[int, torch.Tensor] = {}  # learned images (float, pixel scale 0-255), rows = exemplars
         self.n_seen = 0
@@ -84,14 +99,10 @@ class Memory:
         ``candidates(label)`` gives the training indices of a class; ``features(indices)`` their features
         (needed for herding only).
         """
-        quota = self.spec.quota(n_seen)
         self.n_seen = n_seen
-        for label in list(self.exemplars):
-            self.exemplars[label] = self.exemplars[label][:quota]
-        for label in list(self.images):
-            self.images[label] = self.images[label][:quota]
-        self._image_rows = None
+        self.shrink()
         for label in new_labels:
+            quota = self.quota(label)
             pool = np.asarray(candidates(label), dtype=np.int64)
             if self.spec.selection == "herding":
                 if features is None:
@@ -101,6 +112,26 @@ class Memory:
                 order = random_selection(len(pool), quota, generator)
             self.exemplars[label] = pool[order.numpy()]
         self.assert_within_budget()
+
+    def quota(self, label: int) -> int:
+        """Exemplars allowed for ``label`` now: the policy's limit for the phase, else the protocol's quota."""
+        if self.limits is not None:
+            return self.limits.quotas.get(label, 0)
+        return self.spec.quota(self.n_seen)
+
+    def set_limits(self, limits: MemoryLimits | None) -> None:
+        """Apply a memory policy's limits (``None``: back to the protocol's quotas); classes over their new quota
+        keep the head of their ranking."""
+        self.limits = limits
+        self.shrink()
+
+    def shrink(self) -> None:
+        """Cut every class to its current quota (the head of its ranking stays)."""
+        for label in list(self.exemplars):
+            self.exemplars[label] = self.exemplars[label][: self.quota(label)]
+        for label in list(self.images):
+            self.images[label] = self.images[label][: self.quota(label)]
+        self._image_rows = None
 
     def set_images(self, label: int, images: torch.Tensor) -> None:
         """Store learned images for the exemplars of ``label``, one per exemplar in ranking order (N×C×H×W,
@@ -128,12 +159,15 @@ class Memory:
         return out
 
     def assert_within_budget(self) -> None:
-        budget, quota = self.spec.budget(self.n_seen), self.spec.quota(self.n_seen)
-        over = {c: len(v) for c, v in self.exemplars.items() if len(v) > quota}
+        if self.limits is not None:
+            budget, rule = self.limits.budget, "set by the memory policy for this phase"
+        else:
+            budget, rule = self.spec.budget(self.n_seen), self.spec.describe()
+        over = {c: f"{len(v)} > {self.quota(c)}" for c, v in self.exemplars.items() if len(v) > self.quota(c)}
         if len(self) > budget or over:
             raise MemoryBudgetExceeded(
                 f"memory holds {len(self)} exemplars for {self.n_seen} classes; budget {budget} "
-                f"({self.spec.describe()}), classes over their quota of {quota}: {over}"
+                f"({rule}), classes over their quota: {over}"
             )
 
     def counts(self) -> dict[int, int]:
@@ -141,10 +175,14 @@ class Memory:
 
     def state_dict(self) -> dict:
         return {"n_seen": self.n_seen, "exemplars": {int(c): v.tolist() for c, v in self.exemplars.items()},
-                "images": {int(c): v for c, v in self.images.items()}}
+                "images": {int(c): v for c, v in self.images.items()},
+                "limits": None if self.limits is None else self.limits.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.n_seen = int(state["n_seen"])
         self.exemplars = {int(c): np.asarray(v, dtype=np.int64) for c, v in state["exemplars"].items()}
         self.images = {int(c): v.cpu() for c, v in state.get("images", {}).items()}
+        limits = state.get("limits")
+        self.limits = None if limits is None else MemoryLimits(
+            int(limits["budget"]), {int(c): int(q) for c, q in limits["quotas"].items()})
         self._image_rows = None

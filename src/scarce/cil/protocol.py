@@ -8,6 +8,7 @@ is relabelled by its position in the class order, so the classes of phase ``t`` 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -255,6 +256,13 @@ class Scenario:
     def class_indices(self, label: int) -> np.ndarray:
         """Train indices of incremental label ``label``."""
         return self._by_label[label]
+
+    def restricted(self, kept: dict[int, np.ndarray]) -> "Scenario":
+        """This scenario with the training images of some classes cut down to ``kept[label]`` (a memory policy's
+        choice of the new-class data a phase trains on); the test split is unchanged."""
+        out = copy.copy(self)
+        out._by_label = [np.asarray(kept[c], dtype=np.int64) if c in kept else idx for c, idx in enumerate(self._by_label)]
+        return out
 
     def train_indices(self, phase: int) -> np.ndarray:
         """Train indices of the classes new in ``phase``."""

@@ -44,6 +44,7 @@ from scarce.cil.methods import Learner, PhaseContext, build_learner
 from scarce.cil.metrics import AccuracyMatrix, compute_metrics, DEFINITIONS
 from scarce.cil.models import build_backbone
 from scarce.cil.protocol import Protocol, Scenario
+from scarce.cil.rmm import RMMAllocator
 from scarce.config import changed_keys, to_dict
 from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, synced_batches,
                                 world)
@@ -124,7 +125,8 @@ class Trainer:
     """Runs one configuration into ``run_dir`` (``acc_matrix.json``, ``metrics.json``, ``report.html``)."""
 
     def __init__(self, cfg: CILConfig, run_dir: str | Path, *, progress: bool = True,
-                 callbacks: list[StepCallback] | tuple[StepCallback, ...] = (), data: CILData | None = None) -> None:
+                 callbacks: list[StepCallback] | tuple[StepCallback, ...] = (), data: CILData | None = None,
+                 allocator: RMMAllocator | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -140,7 +142,11 @@ class Trainer:
         sample = self.data.train.load(np.array([0]))
         self.in_channels, self.image_size = int(sample.shape[1]), int(sample.shape[-1])
         self.learner = self._new_learner()
+        self.learner.prepare_run(self.data, self.protocol, self.pre)  # before a resume reads its checkpoint
         self.memory = Memory(self.protocol.memory)
+        # a memory policy (RMM) sets each phase's memory limits and new-class data; None: the protocol's memory
+        self.allocator = allocator if allocator is not None else (RMMAllocator.for_run(cfg, self.protocol) if cfg.rmm is not None else None)
+        self.persist = True  # write checkpoints and policy files (False while simulating a pseudo task)
         self.rows: dict[str, list[list[float]]] = {h: [] for h in self.learner.eval_heads}
         self.train_time = 0.0
         self.global_step = 0
@@ -165,9 +171,11 @@ class Trainer:
         return self.pre(images, generator, within).to(self.device, non_blocking=True)
 
     def context(self, phase: int) -> PhaseContext:
+        scenario = self.scenario if self.allocator is None else self.allocator.scenario(phase, self.scenario)
         return PhaseContext(
-            phase=phase, protocol=self.protocol, scenario=self.scenario, memory=self.memory, device=self.device,
-            flips=self.pre.flips, load=lambda indices, generator: self.load(indices, generator), generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
+            phase=phase, protocol=self.protocol, scenario=scenario, memory=self.memory, device=self.device,
+            flips=self.pre.flips, load=lambda indices, generator: self.load(indices, generator),
+            generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
             batch_size=self.cfg.train.batch_size, weight_decay=self.cfg.train.weight_decay, pixels=self.pre.to_pixels,
         )
 
@@ -190,7 +198,7 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _save(self, phase: int, stage: str, epoch: int = 0, step: int = 0, opt=None, sched=None) -> None:
-        if not self.world.is_main:
+        if not self.world.is_main or not self.persist:
             return
         state = {
             "version": CHECKPOINT_VERSION,
@@ -202,6 +210,7 @@ class Trainer:
             "scheduler": None if sched is None else sched.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
             "memory": self.memory.state_dict(),
+            "allocator": None if self.allocator is None else self.allocator.state_dict(),
             "rows": self.rows,
             "train_time": self.train_time + (time.perf_counter() - self._t0),
         }
@@ -228,6 +237,8 @@ class Trainer:
             raise ConfigError(f"{path}: the checkpoint was made with a different configuration ({'; '.join(diff[:5])})")
         self.learner.load_state_dict(state["learner"])
         self.memory.load_state_dict(state["memory"])
+        if self.allocator is not None:
+            self.allocator.load_state_dict(state["allocator"])
         self.rows = state["rows"]
         self.train_time = state["train_time"]
         self.global_step = state["global_step"]
@@ -262,7 +273,18 @@ class Trainer:
         barrier()  # rank 0's outputs are written before any rank reads them
         return self.result()
 
+    def simulate(self) -> dict[str, list[list[float]]]:
+        """Run every phase in memory, writing nothing (RMM's pseudo tasks); the accuracy rows per head."""
+        self.persist = False
+        self._t0 = time.perf_counter()
+        with deterministic(self.device, self.cfg.train.threads):
+            for phase in range(self.protocol.n_tasks):
+                self._run_phase(phase, None)
+        return self.rows
+
     def _run_phase(self, phase: int, mid: dict[str, Any] | None) -> None:
+        if mid is None and self.allocator is not None:
+            self.allocator.begin_phase(self, phase)
         ctx = self.context(phase)
         if mid is None:
             torch.manual_seed(derive_seed(self.cfg.seed, phase, "build"))
@@ -390,6 +412,8 @@ class Trainer:
             "primary_head": self.learner.primary_head,
             "heads": {h: compute_metrics(m) for h, m in mats.items()},
             "memory_per_class": {str(k): v for k, v in self.memory.counts().items()},
+            **({"method_report": report} if (report := self.learner.report()) else {}),
+            "memory_policy": None if self.allocator is None else self.allocator.describe(),
             "wall_time_s": elapsed,
             "environment": environment(),
             "unit": "percent",

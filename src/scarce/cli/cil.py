@@ -54,6 +54,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         star = " *" if head == m["primary_head"] else ""
         print(f"{m['method']} [{head}{star}] average incremental accuracy {hm['average_incremental_accuracy']:.2f}%, "
               f"last {hm['last_accuracy']:.2f}%, forgetting (max) {_f(hm['forgetting_max'])}")
+    training = (m.get("memory_policy") or {}).get("policy_training") or {}
+    if "episodes_run" in training:
+        print(f"RMM policy: {training['episodes_run']} pseudo tasks in {training['time_s']:.1f} s "
+              f"(included below), written to {out}/rmm_policy.pt")
     print(f"wrote {out}/acc_matrix.json, metrics.json, report.html ({m['wall_time_s']:.1f} s)")
     return 0
 

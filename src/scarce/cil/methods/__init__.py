@@ -12,6 +12,7 @@ from scarce.cil.methods.base import Learner, PhaseContext, balanced_head_finetun
 from scarce.cil.methods.icarl import ICaRL
 from scarce.cil.methods.lucir import LUCIR
 from scarce.cil.methods.mnemonics import Mnemonics
+from scarce.cil.methods.placebo import PlaceboMixin, with_placebo
 from scarce.cil.methods.podnet import PODNet
 from scarce.cil.methods.simple import Finetune, Joint, LwF
 from scarce.config import from_dict
@@ -19,6 +20,8 @@ from scarce.errors import ConfigError
 
 METHODS: dict[str, type[Learner]] = {m.name: m for m in (
     Finetune, Joint, LwF, ICaRL, LUCIR, PODNet, LUCIRAANets, PODNetAANets, Mnemonics)}
+PLACEBO_BASES = (LwF, ICaRL, LUCIR, PODNet, LUCIRAANets, PODNetAANets)  # PlaceboCIL: "<name>_placebo"
+METHODS.update({m.name: m for m in map(with_placebo, PLACEBO_BASES)})
 
 
 def method_class(name: str) -> type[Learner]:
@@ -38,5 +41,5 @@ def build_learner(method: dict[str, Any], backbone_fn, device: torch.device) -> 
 __all__ = [
     "METHODS", "Learner", "PhaseContext", "build_learner", "method_class", "kd_loss", "nme_scores",
     "balanced_head_finetune", "Finetune", "Joint", "LwF", "ICaRL", "LUCIR", "PODNet", "LUCIRAANets", "PODNetAANets",
-    "Mnemonics",
+    "Mnemonics", "PlaceboMixin", "with_placebo",
 ]

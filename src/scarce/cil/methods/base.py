@@ -5,10 +5,16 @@ Lifecycle of a phase (the trainer calls these in this order):
 1. ``before_phase(ctx)``: snapshot the teacher, grow the head (imprinting where the method does);
 2. ``train_indices(ctx)`` and ``trainable_parameters(ctx)``: what the optimiser sees;
 3. ``loss(x, y, ctx)`` for every mini-batch, and ``end_epoch(ctx, epoch, lr_scale)`` after every epoch
-   (e.g. AANets' aggregation weights on the class-balanced set);
+   (e.g. AANets' aggregation weights on the class-balanced set). ``loss`` is ``supervised_loss`` (the terms
+   that need labels) plus, once there is a teacher, ``distillation`` (the label-free terms against the old
+   model), so that an add-on can distil on other images than the labelled batch (PlaceboCIL);
 4. ``update_memory(ctx)``: herding/random exemplars for the new classes, shrinking the old ones;
 5. ``after_phase(ctx)``: e.g. class-balanced finetuning, class means for the NME classifier;
 6. ``predict(x)``: scores per evaluation head (``cnn`` and, for methods with exemplars, ``nme``).
+
+Before the first phase (and before a resumed run loads its checkpoint) the trainer calls
+``prepare_run(data, protocol, preprocess)`` once, for add-ons that read data of their own; ``report()`` is
+stored in ``metrics.json`` under ``method_report``.
 
 A method's hyper-parameters are a dataclass ``Params`` (defaults from its paper), filled from the
 ``method:`` section of the config.
@@ -137,7 +143,29 @@ class Learner:
         frozen = {id(b) for b in list(self.net.head.blocks)[: ctx.phase]} if self.freeze_old_classes else set()
         return [p for p in self.net.parameters() if p.requires_grad and id(p) not in frozen]
 
+    def prepare_run(self, data: Any, protocol: Protocol, preprocess: Callable[..., torch.Tensor]) -> None:
+        """Called once before any phase with the run's :class:`~scarce.cil.data.CILData`, protocol and batch
+        preprocessing (uint8 images, generator → normalised batch)."""
+
+    def report(self) -> dict[str, Any]:
+        """What the method measured about itself during the run (``metrics.json``: ``method_report``)."""
+        return {}
+
     def loss(self, x: torch.Tensor, y: torch.Tensor, ctx: PhaseContext) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.net(x)
+        loss, logs = self.supervised_loss(out, y, ctx)
+        if self.teacher is None:
+            return loss, logs
+        kd, kd_logs = self.distillation(out, x, ctx)
+        return loss + kd, {**logs, **kd_logs}
+
+    def supervised_loss(self, out: dict[str, Any], y: torch.Tensor, ctx: PhaseContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """The terms that need labels, on the network's outputs ``out`` for a labelled batch."""
+        raise NotImplementedError
+
+    def distillation(self, out: dict[str, Any], x: torch.Tensor, ctx: PhaseContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """The label-free terms against the teacher, on the network's outputs ``out`` for images ``x`` (any
+        images: the labelled batch or unlabelled ones). Only called once a teacher exists."""
         raise NotImplementedError
 
     def end_epoch(self, ctx: PhaseContext, epoch: int, lr_scale: float) -> None:

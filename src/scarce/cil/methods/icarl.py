@@ -36,20 +36,23 @@ class ICaRL(Learner):
     needs_teacher = True
     primary_head = "nme"
 
-    def loss(self, x, y, ctx):
-        logits = self.net(x)["logits"]
-        old = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                old = self.teacher(x)["logits"]
-        if self.params.loss == "bce":
-            targets = F.one_hot(y, logits.shape[1]).to(logits.dtype)
-            if old is not None:
-                targets[:, : ctx.n_old] = torch.sigmoid(old)
-            loss = F.binary_cross_entropy_with_logits(logits, targets)
-            return loss, {"bce": loss.item()}
+    def supervised_loss(self, out, y, ctx):
+        logits = out["logits"]
+        if self.params.loss == "bce":  # the new-class columns, one-hot targets (old columns: distillation)
+            n_old = ctx.n_old if self.teacher is not None else 0
+            targets = F.one_hot(y, logits.shape[1]).to(logits.dtype)[:, n_old:]
+            bce = F.binary_cross_entropy_with_logits(logits[:, n_old:], targets, reduction="sum") / logits.numel()
+            return bce, {"bce": bce.item()}
         ce = F.cross_entropy(logits, y)
-        if old is None:
-            return ce, {"ce": ce.item()}
+        return ce, {"ce": ce.item()}
+
+    def distillation(self, out, x, ctx):
+        logits = out["logits"]
+        with torch.no_grad():
+            old = self.teacher(x)["logits"]
+        if self.params.loss == "bce":  # the old-class columns, the old model's sigmoid outputs as targets
+            bce = F.binary_cross_entropy_with_logits(logits[:, : ctx.n_old], torch.sigmoid(old), reduction="sum")
+            bce = bce / logits.numel()  # together with supervised_loss: the mean over samples and all classes
+            return bce, {"bce_old": bce.item()}
         kd = kd_loss(logits[:, : ctx.n_old], old, self.params.T, t_squared=True)
-        return ce + self.params.beta * kd, {"ce": ce.item(), "kd": kd.item()}
+        return self.params.beta * kd, {"kd": kd.item()}

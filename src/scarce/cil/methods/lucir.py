@@ -58,17 +58,20 @@ class LUCIR(Learner):
             for c in ctx.new_labels
         ])
 
-    def loss(self, x, y, ctx):
-        out = self.net(x)
+    def supervised_loss(self, out, y, ctx):
         ce = F.cross_entropy(out["logits"], y)
         if self.teacher is None:
             return ce, {"ce": ce.item()}
+        mr = self.margin_ranking(out["features"], y, ctx)
+        return ce + mr, {"ce": ce.item(), "mr": mr.item()}
+
+    def distillation(self, out, x, ctx):
+        """The less-forget constraint ``lamda_base·sqrt(n_old/n_new)·(1 − cos(f, f_old))``, batch mean."""
         with torch.no_grad():
             old_feat = self.teacher.backbone(x)[0]
         lamda = self.params.lamda_base * math.sqrt(ctx.n_old / ctx.n_new)
         lf = (1 - F.cosine_similarity(out["features"], old_feat, dim=1)).mean() * lamda
-        mr = self.margin_ranking(out["features"], y, ctx)
-        return ce + lf + mr, {"ce": ce.item(), "lf": lf.item(), "mr": mr.item()}
+        return lf, {"lf": lf.item()}
 
     def margin_ranking(self, features: torch.Tensor, y: torch.Tensor, ctx: PhaseContext) -> torch.Tensor:
         """For each old-class sample: max(0, m - cos(gt) + cos(neg)) over its K highest new-class cosines."""

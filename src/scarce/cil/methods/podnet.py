@@ -110,17 +110,18 @@ class PODNet(Learner):
         head = self.net.head
         return nca_loss(head.similarity(features), y, head.effective_scale, self.params.nca_margin)
 
-    def loss(self, x, y, ctx):
-        out = self.net(x)
+    def supervised_loss(self, out, y, ctx):
         nca = self._nca(out["features"], y)
-        if self.teacher is None:
-            return nca, {"nca": nca.item()}
+        return nca, {"nca": nca.item()}
+
+    def distillation(self, out, x, ctx):
+        """POD-spatial and POD-flat, each times its factor and ``sqrt(n_seen / n_new)``."""
         with torch.no_grad():
             old_feat, old_maps = self.teacher.backbone(x)
         factor = math.sqrt(ctx.n_seen / ctx.n_new)
         spatial = pod_spatial_loss(out["maps"], old_maps) * self.params.pod_spatial * factor
         flat = (1 - F.cosine_similarity(out["features"], old_feat, dim=1)).mean() * self.params.pod_flat * factor
-        return nca + spatial + flat, {"nca": nca.item(), "pod_spatial": spatial.item(), "pod_flat": flat.item()}
+        return spatial + flat, {"pod_spatial": spatial.item(), "pod_flat": flat.item()}
 
     def after_phase(self, ctx: PhaseContext) -> None:
         if ctx.phase > 0:

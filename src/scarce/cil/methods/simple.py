@@ -18,8 +18,8 @@ class Finetune(Learner):
     name = "finetune"
     uses_memory = False
 
-    def loss(self, x, y, ctx):
-        ce = F.cross_entropy(self.net(x)["logits"], y)
+    def supervised_loss(self, out, y, ctx):
+        ce = F.cross_entropy(out["logits"], y)
         return ce, {"ce": ce.item()}
 
 
@@ -33,8 +33,8 @@ class Joint(Learner):
     def train_indices(self, ctx: PhaseContext) -> np.ndarray:
         return ctx.scenario.seen_train_indices(ctx.phase)
 
-    def loss(self, x, y, ctx):
-        ce = F.cross_entropy(self.net(x)["logits"], y)
+    def supervised_loss(self, out, y, ctx):
+        ce = F.cross_entropy(out["logits"], y)
         return ce, {"ce": ce.item()}
 
 
@@ -68,15 +68,16 @@ class LwF(Learner):
     def has_nme(self) -> bool:  # type: ignore[override]
         return self.params.use_memory
 
-    def loss(self, x, y, ctx):
-        logits = self.net(x)["logits"]
+    def supervised_loss(self, out, y, ctx):
+        logits = out["logits"]
         if self.teacher is None or self.params.ce == "global" or self.params.use_memory:
             ce = F.cross_entropy(logits, y)
         else:
             ce = F.cross_entropy(logits[:, ctx.n_old :], y - ctx.n_old)
-        if self.teacher is None:
-            return ce, {"ce": ce.item()}
+        return ce, {"ce": ce.item()}
+
+    def distillation(self, out, x, ctx):
         with torch.no_grad():
             old = self.teacher(x)["logits"]
-        kd = kd_loss(logits[:, : ctx.n_old], old, self.params.T, t_squared=False)  # Li & Hoiem: no T²
-        return ce + self.params.lamb * kd, {"ce": ce.item(), "kd": kd.item()}
+        kd = kd_loss(out["logits"][:, : ctx.n_old], old, self.params.T, t_squared=False)  # Li & Hoiem: no T²
+        return self.params.lamb * kd, {"kd": kd.item()}

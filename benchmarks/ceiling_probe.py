@@ -1,0 +1,50 @@
+"""The fully supervised model of a finished run at another learning rate or schedule: is the ceiling converged?
+
+Trains the run's segmentation recipe on the ground-truth train masks with ``--set`` overrides into ``--out``,
+scores it on val and test (multi-scale + flip, as the pipeline), and reports how well it fits its own training
+masks (train mIoU at one scale): a model far below 100 there is under-trained, not limited by the data.
+
+    python benchmarks/ceiling_probe.py runs/l0 --out runs/exp/ceil_lr01 --set segment.train.lr=0.01
+
+Choose settings on val; test is printed for the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from scarce.config import merge, parse_overrides
+from scarce.layout import RunLayout
+from scarce.pipeline import Run, load_run_config
+from scarce.segmentation import load_segmenter
+from scarce.segmentation.predict import evaluate_split
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a finished `scarce run` folder (its data and config are reused)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="e.g. segment.train.lr=0.01 or segment.train.epochs=60")
+    args = parser.parse_args(argv)
+    root = RunLayout(args.run)
+    changes = merge({"data": {"root": str((args.run / "data").resolve())}, "segment": {}},
+                    parse_overrides(args.overrides))
+    cfg = load_run_config(root.config, changes)
+    run = Run(cfg, args.out, progress=False)
+    run.ceiling()
+    scores = run.read_scores("ceiling")
+    train = run.dataset(cfg.data.train_split)
+    one_scale = dataclasses.replace(cfg.segment, scales=(1.0,), flip=False)
+    model = load_segmenter(one_scale, train.num_classes, run.layout.ceiling / "model.pt")
+    fit = evaluate_split(model, train, one_scale, progress=False)
+    for name, score in (("train fit (1 scale)", fit), ("val", scores["val"]), ("test", scores["test"])):
+        print(f"{name}: mIoU {100 * score['miou']:.1f}  FP {score['fp']:.3f}  FN {score['fn']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

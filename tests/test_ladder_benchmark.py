@@ -1,0 +1,55 @@
+"""The ladder benchmark's multi-seed table (benchmarks/ladder.py): means and standard deviations by hand."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from scarce.errors import ConfigError
+
+_SPEC = importlib.util.spec_from_file_location("ladder", Path(__file__).parents[1] / "benchmarks" / "ladder.py")
+ladder = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(ladder)
+
+
+def _row(method, refine, seeds, test, mask):
+    return {"method": method, "refine": refine, "seeds_test": seeds, "val": test, "test": test, "fp": 0.5,
+            "fn": 0.25, "mask_train": mask, "mask_fp": 0.5, "mask_fn": 0.25, "seed_cost_cam_units": 1.0,
+            "cost_cam_units": 0.5}
+
+
+def test_table_of_two_seeds_has_hand_computed_means_and_gains():
+    seed0 = {"rows": [_row("cam", "none", 0.20, 0.20, 0.30), _row("cam", "crf", 0.20, 0.30, 0.40)],
+             "segmentation": {"method": "cam", "refine": "crf", "test": {"miou": 0.30, "fp": 0.1, "fn": 0.2},
+                              "val": {"miou": 0.3}, "ceiling_test": {"miou": 0.40, "fp": 0.1, "fn": 0.1},
+                              "ceiling_val": {"miou": 0.4}, "ratio": 0.75}}
+    seed1 = {"rows": [_row("cam", "none", 0.30, 0.30, 0.40), _row("cam", "crf", 0.30, 0.36, 0.52)],
+             "segmentation": {"method": "cam", "refine": "crf", "test": {"miou": 0.34, "fp": 0.1, "fn": 0.2},
+                              "val": {"miou": 0.3}, "ceiling_test": {"miou": 0.40, "fp": 0.1, "fn": 0.1},
+                              "ceiling_val": {"miou": 0.4}, "ratio": 0.85}}
+    lines = ladder.markdown([seed0, seed1]).splitlines()
+    crf = next(line for line in lines if line.startswith("| cam | crf |"))
+    cells = [cell.strip() for cell in crf.strip("|").split("|")]
+    # seeds 20, 30 → 25 ± 7.07; refined 30, 36 → 33 ± 4.24; gain 10, 6 → 8 ± 2.83; mask 40, 52 → 46 ± 8.49;
+    # mask gain over the unrefined masks (30, 40): 10, 12 → 11 ± 1.41
+    assert cells[2] == "25.0 ± 7.1"
+    assert cells[4] == "33.0 ± 4.2"
+    assert cells[5] == "8.0 ± 2.8"
+    assert cells[8] == "46.0 ± 8.5"
+    assert cells[9] == "11.0 ± 1.4"
+    ratio = next(line for line in lines if line.startswith("| segmentation / ceiling"))
+    assert "80.0 ± 7.1 %" in ratio
+
+
+def test_costs_need_a_recorded_classifier_time(tmp_path):
+    with pytest.raises(ConfigError, match="training time"):
+        ladder.cam_unit_seconds(tmp_path / "run")
+
+
+def test_loss_curve_reads_every_epoch_and_prints_every_tenth(tmp_path):
+    log = tmp_path / "train_log.csv"
+    rows = "".join(f"{epoch},{epoch * 45},{1.0 / epoch},0.01,0.5\n" for epoch in range(1, 26))
+    log.write_text("epoch,step,loss,lr,ce\n" + rows)
+    curve = ladder.loss_curve(log)
+    assert len(curve) == 25 and curve[3] == 0.25
+    assert ladder._curve_text(curve) == "1: 1.000, 10: 0.100, 20: 0.050, 25: 0.040"
