@@ -24,6 +24,12 @@ image). A stage that runs makes every later stage run again (each still reuses i
 A further stage is one more :class:`Stage` in :data:`STAGES`; one with ``scores=NAME`` that writes
 ``scores/NAME.json`` appears in metrics.json under NAME.
 
+Several processes (``torchrun --nproc-per-node N -m scarce run``; docs/scaling.md): a stage marked
+``sharded`` runs in every rank and splits its work itself (training: each rank's part of every batch;
+CAMs, refined maps and masks: whole batches of images dealt round-robin, each file written atomically by
+the rank that made it); every other stage (data, scoring, report) runs in rank 0 while the others wait.
+Rank 0 holds the folder's lock (``.lock``) and writes configs, scores, markers and reports.
+
 Protocol: every threshold is chosen on the validation split and applied to the split being scored; the
 sweep on the test split itself (its maximum is the oracle Peak IoU) is reported separately, labelled as an
 oracle. No setting is tuned on test ground truth, and masks of the train split never see its ground truth.
@@ -43,11 +49,13 @@ from tqdm.auto import tqdm
 from scarce.cams import CamConfig, CamExtractor, CamMethod, build_cam_method
 from scarce.cams.store import load_cam, save_cam
 from scarce.config import from_dict, load_yaml, merge, store_run_config, to_dict
-from scarce.data.base import Sample, WeakDataset, open_dataset
+from scarce.data.base import Sample, WeakDataset, image_size, open_dataset
 from scarce.data.scenes import ScenesConfig, generate_scenes
+from scarce.distributed import barrier, main_first, on_main, resolve_device, shard, world
 from scarce.errors import ConfigError, DataError, ScarceError
 from scarce.io import IGNORE_INDEX, read_json, read_label_png, write_json
 from scarce.layout import COMPLETE, RunLayout, clear_complete, is_complete, mark_complete
+from scarce.lock import run_lock
 from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
 from scarce.models.classifier import CamClassifier, ModelConfig, build_classifier
 from scarce.provenance import environment
@@ -130,7 +138,8 @@ class Stage:
     """One step of the pipeline: the paths it reads and writes, and the method of :class:`Run` that makes them.
 
     A stage is complete when every path of ``writes`` exists; ``enabled`` says whether the config asks for
-    it; ``scores`` names its ``scores/<name>.json``, merged into metrics.json under that key.
+    it; ``scores`` names its ``scores/<name>.json``, merged into metrics.json under that key. A ``sharded``
+    stage runs in every process of a torchrun job and splits its work itself; any other runs in rank 0 only.
     """
 
     name: str
@@ -139,6 +148,7 @@ class Stage:
     writes: Callable[["Run"], list[Path]] = lambda run: []
     enabled: Callable[["Run"], bool] = lambda run: True
     scores: str | None = None
+    sharded: bool = False
 
     def complete(self, run: "Run") -> bool:
         return all(path.exists() for path in self.writes(run))
@@ -170,19 +180,24 @@ class Run:
             raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(names)}")
         self.resume = resume
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.write_config()
-        ran = False
-        for stage in self.stages:
-            if stage.enabled(self) and (report or stage.name != "report") and (ran or not stage.complete(self)):
-                missing = [path for path in stage.reads(self) if not path.exists()]
-                if missing:  # a stage list whose order does not match what its stages read
-                    raise ScarceError(f"stage {stage.name!r} reads {missing[0]}, which no earlier stage wrote")
-                stage.execute(self)
-                self._save_timings()
-                ran = True
-            if stage.name == until:
-                break
-        return self.write_metrics()
+        with run_lock(self.folder):
+            main_first(self.write_config)
+            ran = False
+            for stage in self.stages:
+                if stage.enabled(self) and (report or stage.name != "report") and (ran or not stage.complete(self)):
+                    missing = [path for path in stage.reads(self) if not path.exists()]
+                    if missing:  # a stage list whose order does not match what its stages read
+                        raise ScarceError(f"stage {stage.name!r} reads {missing[0]}, which no earlier stage wrote")
+                    if stage.sharded:
+                        stage.execute(self)
+                        barrier()
+                    else:
+                        on_main(stage.execute, self)
+                    on_main(self._save_timings)
+                    ran = True
+                if stage.name == until:
+                    break
+            return self.write_metrics()
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -254,6 +269,9 @@ class Run:
                                       resume=resume, identity=identity, progress=self.progress, on_step=on_step)
             self.timings["train"] = result.seconds
         load_trained(model, self.model_path, objective)
+        device = resolve_device(self.cfg.train.device)  # CAMs and refiners run where the classifier trained
+        model.to(device)
+        objective.to(device)
         self._trained = (model, objective)
         return model, objective
 
@@ -276,8 +294,8 @@ class Run:
         bind = getattr(method, "bind", None)
         if bind is not None:  # methods that read trained extra modules (e.g. ReCAM's second classifier)
             bind(objective)
-        with self._timed("prepare"):
-            method.prepare(model, self.dataset(self.cfg.data.train_split), self.layout.cam_prepare)
+        with self._timed("prepare"):  # rank 0 fits (and caches) what the method learns; the others find it
+            main_first(method.prepare, model, self.dataset(self.cfg.data.train_split), self.layout.cam_prepare)
         return method
 
     def prepared_cam_method(self) -> CamMethod:
@@ -303,7 +321,7 @@ class Run:
         dataset = self.dataset(split, allow_empty=True)
         with self._timed(f"cam_{split}"):
             extract_cams(model, dataset, self.cfg.cam, out, method=method, progress=self.progress)
-        mark_complete(out)
+        finish_folder(out)
         return out
 
     def write_cams(self) -> None:
@@ -396,19 +414,20 @@ class Run:
         for split in todo:
             self.extract_cams(split)
         chain = RefinerChain(self.cfg.refine)
-        with self._timed("refine_prepare"):
-            chain.prepare(self.refine_context())
+        with self._timed("refine_prepare"):  # rank 0 trains (and stores) what refiners learn; the others load it
+            main_first(chain.prepare, self.refine_context())
         for split in todo:
             out = self.layout.refined(split)
             with self._timed(f"refine_{split}"):
                 refine_maps(chain, self.dataset(split, allow_empty=True), self.layout.cams(split), out,
                             self.cfg.cam.batch_size, self.progress)
-            mark_complete(out)
+            finish_folder(out)
 
     def refine(self) -> None:
         """Refined maps of every CAM split, then their own threshold, chosen on val and scored on test."""
         self.refine_splits(self.cam_splits())
-        self.write_scores("refined", {"steps": [to_dict(step) for step in self.cfg.refine], **self.score_maps("refined")})
+        on_main(lambda: self.write_scores("refined", {"steps": [to_dict(step) for step in self.cfg.refine],
+                                                      **self.score_maps("refined")}))
 
     # -- pseudo masks -------------------------------------------------------------------------------
     @property
@@ -436,13 +455,19 @@ class Run:
         same = source_path.is_file() and read_json(source_path) == source
         if same and is_complete(out):
             return out
-        clear_complete(out)
-        if not same and split in map(self.split, self.mask_roles):
-            self.layout.scores("masks").unlink(missing_ok=True)  # no longer these files' scores: the stage reruns
-        write_json(source_path, source)
+        barrier()  # every rank has read the old source before rank 0 replaces it
+
+        def new_source() -> None:
+            clear_complete(out)
+            if not same and split in map(self.split, self.mask_roles):
+                self.layout.scores("masks").unlink(missing_ok=True)  # no longer these files' scores: the stage reruns
+            write_json(source_path, source)
+
+        on_main(new_source)
         dataset = self.dataset(split, allow_empty=True)
         maps_dir = self.layout.maps(kind, split)
-        for sample in tqdm(dataset.samples, desc=f"masks {split}", unit="img", disable=not self.progress, leave=False):
+        for sample in tqdm(shard(dataset.samples), desc=f"masks {split}", unit="img",
+                           disable=not (self.progress and world().is_main), leave=False):
             path = self.layout.mask_file(out, sample.stem)
             if same and path.is_file():
                 continue
@@ -450,7 +475,7 @@ class Run:
             labels = cams_to_labels(maps, keys, threshold) if confident is None else \
                 cams_to_confident_labels(maps, keys, *confident)
             save_label_png(path, labels)
-        mark_complete(out)
+        finish_folder(out)
         return out
 
     def score_masks(self, split: str) -> dict[str, Any] | None:
@@ -480,9 +505,9 @@ class Run:
                 "precision": scores["precision"], "recall": scores["recall"], "labelled_fraction": labelled / total}
 
     def pseudo_masks(self, split: str, threshold: float | None = None,
-                     confident: tuple[float, float] | None = None) -> dict[str, Any] | None:
+                     confident: tuple[float, float] | None = None, score: bool = True) -> dict[str, Any] | None:
         """Masks of any split (its maps made first if missing) at the given or the val-chosen thresholds; their
-        scores against the split's ground truth, or None without one."""
+        scores against the split's ground truth, or None without one (or with ``score=False``)."""
         if threshold is None and confident is None:
             threshold, confident = self.default_mask_thresholds()
         if self.cfg.refine:
@@ -490,19 +515,20 @@ class Run:
         else:
             self.extract_cams(split)
         self.write_masks(split, threshold if threshold is not None else confident[1], confident, self.mask_maps)
-        return self.score_masks(split)
+        return self.score_masks(split) if score else None
 
     def masks(self) -> None:
         """Pseudo masks of :attr:`mask_roles` at the val-chosen thresholds, scored where there is ground truth."""
         threshold, confident = self.default_mask_thresholds()
         scores: dict[str, Any] = {}
         for role in self.mask_roles:
-            scored = self.pseudo_masks(self.split(role), threshold, confident)
+            self.pseudo_masks(self.split(role), threshold, confident, score=False)
+            scored = main_first(lambda: self.score_masks(self.split(role)) if world().is_main else None)
             if scored is not None:
                 scores[role] = {**scored, "maps": self.mask_maps, "threshold": threshold,
                                 "confident": list(confident) if confident else None,
                                 "threshold_chosen_on": self.cfg.data.val_split}
-        self.write_scores("masks", scores)
+        on_main(self.write_scores, "masks", scores)
 
     @property
     def mask_roles(self) -> tuple[str, ...]:
@@ -530,6 +556,8 @@ class Run:
                       f"pseudo masks ({self.mask_maps}, threshold chosen on {self.cfg.data.val_split})")
         scores: dict[str, Any] = {"trained_on": f"{self.cfg.data.train_split}: {trained_on}",
                                   "inference": {"scales": list(cfg.scales), "flip": cfg.flip, "refine": list(cfg.refine)}}
+        if not world().is_main:  # the predictions and scores are rank 0's (not sharded)
+            return
         for role in ("val", "test"):
             split = self.split(role)
             with self._timed(f"{name}_{split}"):
@@ -552,7 +580,7 @@ class Run:
 
     def write_metrics(self) -> dict[str, Any]:
         metrics = self.metrics()
-        if metrics:
+        if metrics and world().is_main:
             write_json(self.layout.metrics, metrics)
         return metrics
 
@@ -601,35 +629,53 @@ def _mask_markers(run: Run) -> list[Path]:
 # The pipeline, in order.
 STAGES: tuple[Stage, ...] = (
     Stage("data", Run.prepare_data, writes=lambda run: [run.data_root / "scenes.json"] if run.generates_data else []),
-    Stage("train", Run.train_stage, writes=lambda run: [run.model_path]),
-    Stage("cams", Run.write_cams, reads=lambda run: [run.model_path], writes=lambda run: _markers(run, "cams")),
+    Stage("train", Run.train_stage, writes=lambda run: [run.model_path], sharded=True),
+    Stage("cams", Run.write_cams, reads=lambda run: [run.model_path], writes=lambda run: _markers(run, "cams"),
+          sharded=True),
     Stage("evaluate", lambda run: run.write_scores("seeds", run.evaluate()), scores="seeds",
           reads=lambda run: _markers(run, "cams"), writes=lambda run: [run.layout.scores("seeds")]),
     Stage("refine", Run.refine, enabled=lambda run: bool(run.cfg.refine), scores="refined",
           reads=lambda run: [run.layout.scores("seeds"), *_markers(run, "cams")],
-          writes=lambda run: [*_markers(run, "refined"), run.layout.scores("refined")]),
+          writes=lambda run: [*_markers(run, "refined"), run.layout.scores("refined")], sharded=True),
     Stage("masks", Run.masks, enabled=lambda run: bool(run.mask_roles), scores="masks",
           reads=lambda run: [run.layout.scores(SCORES_OF_MAPS[run.mask_maps])],
-          writes=lambda run: [*_mask_markers(run), run.layout.scores("masks")]),
+          writes=lambda run: [*_mask_markers(run), run.layout.scores("masks")], sharded=True),
     Stage("segment", Run.segment, enabled=lambda run: run.cfg.segment is not None, scores="segmentation",
           reads=lambda run: [run.layout.masks(run.cfg.data.train_split) / COMPLETE],
-          writes=lambda run: [run.layout.scores("segmentation")]),
+          writes=lambda run: [run.layout.scores("segmentation")], sharded=True),
     Stage("ceiling", Run.ceiling, enabled=lambda run: run.cfg.segment is not None and run.cfg.segment.ceiling,
-          scores="ceiling", writes=lambda run: [run.layout.scores("ceiling")]),
+          scores="ceiling", writes=lambda run: [run.layout.scores("ceiling")], sharded=True),
     Stage("report", Run.report, reads=lambda run: [run.layout.scores("seeds")],
           writes=lambda run: [run.layout.metrics, run.layout.report]),
 )
 
 
+def finish_folder(folder: Path) -> None:
+    """Mark a folder of per-image files complete once every rank has written its files (rank 0 writes it)."""
+    barrier()
+    on_main(mark_complete, folder)
+
+
 def batches_of_same_size(dataset: WeakDataset, batch_size: int) -> Iterator[list[tuple[Sample, np.ndarray]]]:
-    """Group consecutive images of equal size so that a batch is one tensor (scenes are all one size)."""
-    batch: list[tuple[Sample, np.ndarray]] = []
+    """Group consecutive images of equal size so that a batch is one tensor (scenes are all one size).
+
+    Under torchrun each rank gets every N-th batch (:func:`scarce.distributed.shard`): the grouping is that of
+    one process, and an image is loaded only by the rank that processes it.
+    """
+    for batch in shard(_same_size_groups(dataset, batch_size)):
+        yield [(sample, dataset.load_image(sample)) for sample in batch]
+
+
+def _same_size_groups(dataset: WeakDataset, batch_size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    size: tuple[int, int] | None = None
     for sample in dataset.samples:
-        image = dataset.load_image(sample)
-        if batch and (len(batch) == batch_size or batch[0][1].shape != image.shape):
+        sample_size = image_size(sample.image_path)  # from the header: no rank decodes another's images
+        if batch and (len(batch) == batch_size or size != sample_size):
             yield batch
             batch = []
-        batch.append((sample, image))
+        batch.append(sample)
+        size = sample_size
     if batch:
         yield batch
 
@@ -642,17 +688,20 @@ def extract_cams(model: CamClassifier, dataset: WeakDataset, cfg: CamConfig, out
     """
     out_dir = Path(out_dir)
     extractor = CamExtractor(model, cfg, method)
+    device = next(model.parameters()).device
     todo = dataset.subset([s for s in dataset.samples if not RunLayout.map_file(out_dir, s.stem).exists()])
-    bar = tqdm(total=len(todo.samples), desc=f"cams {dataset.split}", unit="img", disable=not progress, leave=False)
+    barrier()  # every rank has listed what is left before any rank writes
+    bar = tqdm(total=len(todo.samples), desc=f"cams {dataset.split}", unit="img",
+               disable=not (progress and world().is_main), leave=False)
     for batch in batches_of_same_size(todo, cfg.batch_size):
-        images = torch.stack([to_tensor(image, model.mean_std) for _, image in batch])
+        images = torch.stack([to_tensor(image, model.mean_std) for _, image in batch]).to(device)
         wanted = sorted({c for sample, _ in batch for c in sample.labels})
-        maps = extractor(images, wanted) if wanted else None
+        maps = extractor(images, wanted).cpu() if wanted else None
         for i, (sample, _) in enumerate(batch):
             rows = [wanted.index(c) for c in sample.labels]
             cams = maps[i, rows].numpy() if maps is not None and rows else np.zeros((0, *images.shape[-2:]), np.float32)
             save_cam(RunLayout.map_file(out_dir, sample.stem), cams, list(sample.labels))
-        bar.update(len(batch))
+        bar.update(len(batch) * world().size)  # the other ranks progress alike
     bar.close()
 
 
@@ -663,7 +712,9 @@ def refine_maps(refiner: Refiner, dataset: WeakDataset, cam_dir: Path, out_dir: 
     Refiners see raw RGB in [0, 1] (colour affinities read raw colour) and each image's class maps.
     """
     todo = dataset.subset([s for s in dataset.samples if not RunLayout.map_file(out_dir, s.stem).exists()])
-    bar = tqdm(total=len(todo.samples), desc=f"refine {dataset.split}", unit="img", disable=not progress, leave=False)
+    barrier()  # every rank has listed what is left before any rank writes
+    bar = tqdm(total=len(todo.samples), desc=f"refine {dataset.split}", unit="img",
+               disable=not (progress and world().is_main), leave=False)
     for batch in batches_of_same_size(todo, batch_size):
         images = torch.stack([torch.tensor(image).permute(2, 0, 1).float() / 255.0 for _, image in batch])
         loaded = [load_cam(RunLayout.map_file(cam_dir, sample.stem)) for sample, _ in batch]
@@ -676,5 +727,5 @@ def refine_maps(refiner: Refiner, dataset: WeakDataset, cam_dir: Path, out_dir: 
                 raise ScarceError(f"refiner {refiner.name!r} returned maps of shape {tuple(after.shape)} for "
                                   f"{sample.stem} (expected {tuple(before.shape)})")
             save_cam(RunLayout.map_file(out_dir, sample.stem), after.detach().cpu().float().numpy(), image_keys)
-        bar.update(len(batch))
+        bar.update(len(batch) * world().size)  # the other ranks progress alike
     bar.close()

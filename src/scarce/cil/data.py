@@ -234,16 +234,21 @@ class Preprocess:
     def flips(self) -> bool:
         return self.augment in ("flip", "crop_flip")
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 within: tuple[int, int] | None = None) -> torch.Tensor:
+        """``within = (start, total)``: ``images`` are items ``start, start + 1, ...`` of a batch of ``total``
+        (one process's part of a batch split over processes); they get that batch's draws for those items."""
         x = images.float().div_(255.0)
+        start, total = within or (0, len(x))
+        part = slice(start, start + len(x))
         if generator is not None and self.augment == "crop_flip":
-            n, _, h, w = x.shape
+            _, _, h, w = x.shape
             p = self.pad
             padded = F.pad(x, (p, p, p, p))
-            offs = torch.randint(0, 2 * p + 1, (n, 2), generator=generator)
+            offs = torch.randint(0, 2 * p + 1, (total, 2), generator=generator)[part]
             x = torch.stack([padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
         if generator is not None and self.flips:
-            flip = torch.rand(x.shape[0], generator=generator) < 0.5
+            flip = torch.rand(total, generator=generator)[part] < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         return (x - self.mean) / self.std
 

@@ -12,6 +12,16 @@ optimiser, scheduler, RNG states, memory and the accuracy rows so far. One is wr
 ``train.checkpoint_every`` optimiser steps and at the end of every phase (kept as ``phase_K.pt`` too).
 They hold only tensors and plain Python types and are read with ``torch.load(weights_only=True)``, which
 cannot run code stored in a file.
+
+Several processes (``torchrun``; :mod:`scarce.distributed`, docs/scaling.md): ``train.batch_size`` is the
+global batch. Each rank loads, augments (with the batch's draws for its items) and trains on its part of
+every batch; BatchNorm statistics of the training step span all ranks and the gradients are summed over
+ranks, so N processes reach one process's weights to float tolerance for methods whose loss is a mean of
+per-image terms (finetune, iCaRL, LwF); terms averaged over a subset of the batch (LUCIR's margin ranking
+over old-class images, PODNet's) are averaged per rank, which makes them close, not equal. Everything else
+(building layers, herding, balanced fine-tuning, evaluation) runs in every rank on the same data, so every
+rank holds the same learner; rank 0 alone writes checkpoints and outputs, which resume under any number of
+processes. With N processes a last batch of fewer than N images is skipped (one process keeps any of 2 or more).
 """
 
 from __future__ import annotations
@@ -36,8 +46,11 @@ from scarce.cil.models import build_backbone
 from scarce.cil.protocol import Protocol, Scenario
 from scarce.cil.rmm import RMMAllocator
 from scarce.config import changed_keys, to_dict
+from scarce.distributed import (barrier, batch_part, check_batch, resolve_device, sum_gradients, synced_batches,
+                                world)
 from scarce.errors import ConfigError, TrainingError
 from scarce.io import read_json, save_torch, write_json, write_text
+from scarce.lock import run_lock
 from scarce.provenance import environment
 
 CHECKPOINT_VERSION = 2  # 2: plain types only (numpy's RNG state as a tensor), loaded with weights_only=True
@@ -118,7 +131,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.callbacks = list(callbacks)
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.train.device == "auto" else cfg.train.device)
+        self.device = resolve_device(cfg.train.device)
+        self.world = world()
+        check_batch(cfg.train.batch_size, "train.batch_size")
         self.data = data if data is not None else load_data(cfg)
         self.protocol = build_protocol(cfg, self.data)
         self.scenario = Scenario(self.protocol, self.data.train.labels, self.data.test.labels)
@@ -149,15 +164,18 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
 
-    def context(self, phase: int) -> PhaseContext:
-        def load(indices: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
-            images = self.memory.substitute(indices, self.data.train.load(indices))  # learned exemplar images
-            return self.pre(images, generator).to(self.device)
+    def load(self, indices: np.ndarray, generator: torch.Generator | None,
+             within: tuple[int, int] | None = None) -> torch.Tensor:
+        """Training images (learned exemplar images substituted), augmented; ``within`` as in :class:`Preprocess`."""
+        images = self.memory.substitute(indices, self.data.train.load(indices))
+        return self.pre(images, generator, within).to(self.device, non_blocking=True)
 
+    def context(self, phase: int) -> PhaseContext:
         scenario = self.scenario if self.allocator is None else self.allocator.scenario(phase, self.scenario)
         return PhaseContext(
             phase=phase, protocol=self.protocol, scenario=scenario, memory=self.memory, device=self.device,
-            flips=self.pre.flips, load=load, generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
+            flips=self.pre.flips, load=lambda indices, generator: self.load(indices, generator),
+            generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
             batch_size=self.cfg.train.batch_size, weight_decay=self.cfg.train.weight_decay, pixels=self.pre.to_pixels,
         )
 
@@ -180,7 +198,7 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _save(self, phase: int, stage: str, epoch: int = 0, step: int = 0, opt=None, sched=None) -> None:
-        if not self.persist:
+        if not self.world.is_main or not self.persist:
             return
         state = {
             "version": CHECKPOINT_VERSION,
@@ -231,11 +249,17 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RunResult:
+        """Run every phase (from the last checkpoint with ``resume``), holding the folder's lock."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.run_dir):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> RunResult:
         self._t0 = time.perf_counter()
         state = self._load() if resume else None
-        if not resume:
+        if not resume and self.world.is_main:
             write_text(self.run_dir / "config.yaml", _yaml(self.cfg))
+        barrier()  # every rank has read the checkpoint before rank 0 writes the next one
         start_phase = 0
         if state is not None:
             start_phase = state["phase"] + 1 if state["stage"] == "done" else state["phase"]
@@ -246,6 +270,7 @@ class Trainer:
                 self._write_outputs(final=phase == self.protocol.n_tasks - 1)
         if start_phase >= self.protocol.n_tasks:  # resumed a finished run: rewrite the outputs
             self._write_outputs(final=True)
+        barrier()  # rank 0's outputs are written before any rank reads them
         return self.result()
 
     def simulate(self) -> dict[str, list[list[float]]]:
@@ -282,7 +307,8 @@ class Trainer:
         perm = torch.randperm(len(indices), generator=make_generator(self.cfg.seed, phase, epoch, "shuffle")).numpy()
         order = indices[perm]
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-        if len(batches) > 1 and len(batches[-1]) < 2:  # batch norm cannot train on one image
+        # batch norm cannot train on one image, nor can a process without one
+        if len(batches) > 1 and len(batches[-1]) < max(2, self.world.size):
             batches.pop()
         return batches
 
@@ -290,30 +316,39 @@ class Trainer:
         indices = self.learner.train_indices(ctx)
         n_batches = len(self._batches(indices, ctx.phase, 0))
         net = self.learner.net
+        parameters = [p for group in opt.param_groups for p in group["params"]]
         bar = _progress(total=epochs * n_batches, initial=start_epoch * n_batches + start_step,
-                        desc=f"{self.learner.name} phase {ctx.phase}/{self.protocol.n_phases}", disable=not self.progress)
+                        desc=f"{self.learner.name} phase {ctx.phase}/{self.protocol.n_phases}",
+                        disable=not (self.progress and self.world.is_main))
         every = self.cfg.train.checkpoint_every
         try:
             for epoch in range(start_epoch, epochs):
                 net.train()
                 batches = self._batches(indices, ctx.phase, epoch)
                 for step in range(start_step if epoch == start_epoch else 0, len(batches)):
-                    idx = batches[step]
-                    x = ctx.load(idx, make_generator(self.cfg.seed, ctx.phase, epoch, step, "augment"))
+                    batch = batches[step]
+                    part = batch_part(len(batch), self.world)
+                    idx = batch[part]
+                    x = self.load(idx, make_generator(self.cfg.seed, ctx.phase, epoch, step, "augment"),
+                                  (part.start, len(batch)) if self.world.size > 1 else None)
                     y = ctx.targets(idx)
-                    loss, logs = self.learner.loss(x, y, ctx)
-                    if not torch.isfinite(loss):
+                    with synced_batches():
+                        loss, logs = self.learner.loss(x, y, ctx)
+                    net.zero_grad(set_to_none=True)
+                    # this rank's mean weighted by its share; the summed gradients are the whole batch's mean
+                    (loss if self.world.size == 1 else loss * (len(idx) / len(batch))).backward()
+                    # the whole batch's loss comes with the gradients, so every rank stops together on a bad one
+                    loss_sum = sum_gradients(parameters, loss.detach().double().reshape(1) * len(idx))[0]
+                    if not torch.isfinite(loss_sum):
                         raise TrainingError(
                             f"non-finite loss ({loss.item()}; parts {logs}) in phase {ctx.phase}, epoch {epoch}, step {step} "
                             f"of method {self.learner.name}; the last checkpoint {self.checkpoint_path} is kept "
                             "(lower train.lr or check the data)"
                         )
-                    net.zero_grad(set_to_none=True)
-                    loss.backward()
                     opt.step()
                     self.global_step += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{float(loss_sum) / len(batch):.3f}", refresh=False)
                     if every and self.global_step % every == 0:
                         self._save(ctx.phase, "train", epoch, step + 1, opt, sched)
                     for callback in self.callbacks:
@@ -353,6 +388,8 @@ class Trainer:
         return RunResult(self.run_dir, mats, read_json(self.run_dir / "metrics.json"))
 
     def _write_outputs(self, final: bool) -> None:
+        if not self.world.is_main:
+            return
         mats = self.matrices()
         write_json(self.run_dir / "acc_matrix.json", {
             "unit": "percent",

@@ -7,12 +7,16 @@ package), so the parser is assembled here and nowhere else knows about argparse.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
 from pathlib import Path
 
 from scarce.errors import ConfigError, ScarceError
 
+# Commands that split their work over the processes of a torchrun job (docs/scaling.md); the others refuse one.
+TORCHRUN_COMMANDS = ("run", "train", "cam", "stage", "masks", "demo", "cil run")
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = ("scarce.cli.wsss", "scarce.cli.localization", "scarce.cli.cil", "scarce.cli.recurseed")
 
@@ -76,13 +80,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from scarce import distributed
+
+    who = f"scarce {args.command}"
+    if distributed.restart_count() and getattr(args, "resume", None) is False:
+        args.resume = True  # torchrun restarted the job after a process died: continue from the checkpoints
     try:
-        result = args.func(args)
+        with distributed.session() as ranks:
+            who += f" (rank {ranks.rank} of {ranks.size})" if ranks.size > 1 else ""
+            name = " ".join(filter(None, [args.command, getattr(args, "cil_command", None)]))
+            if ranks.size > 1 and name not in TORCHRUN_COMMANDS:
+                raise ConfigError(f"scarce {name} runs in one process; start it without torchrun (torchrun runs: "
+                                  f"{', '.join(f'scarce {c}' for c in TORCHRUN_COMMANDS)})")
+            # rank 0 prints the summary; the others' errors still reach stderr
+            with contextlib.nullcontext() if ranks.is_main else contextlib.redirect_stdout(io.StringIO()):
+                result = args.func(args)
     except ScarceError as exc:
-        print(f"scarce {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not distributed.lost_peer(exc):
+            raise
+        # another rank of the job stopped; its own error is in its output
+        print(f"{who}: error: lost contact with another process of the job ({str(exc).strip().splitlines()[0]}); "
+              "its own error is reported above. Completed outputs and the last checkpoint are kept: run the same "
+              "command with --resume (torchrun --max-restarts K does so by itself)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"scarce {args.command}: interrupted; completed outputs and checkpoints are kept", file=sys.stderr)
+        print(f"{who}: interrupted; completed outputs and checkpoints are kept", file=sys.stderr)
         return 130
     return int(result or 0)
 

@@ -37,14 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from scarce.cil import load_config, run
+    from scarce.distributed import restart_count
 
     cfg = load_config(args.config, args.overrides)
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     out = args.out or Path("runs/cil") / f"{args.config.stem}-seed{cfg.seed}"
-    if not args.resume and (out / "checkpoints" / "last.pt").exists():
+    checkpoint = (out / "checkpoints" / "last.pt").exists()
+    if not args.resume and checkpoint:
         raise ConfigError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    result = run(cfg, out, resume=args.resume, progress=not args.quiet)
+    # a job torchrun restarted before its first checkpoint starts afresh
+    resume = args.resume and (checkpoint or not restart_count())
+    result = run(cfg, out, resume=resume, progress=not args.quiet)
     m = result.metrics
     for head, hm in m["heads"].items():
         star = " *" if head == m["primary_head"] else ""

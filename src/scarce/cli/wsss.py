@@ -145,11 +145,15 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from scarce.distributed import main_first, on_main
+    from scarce.lock import run_lock
+
     run = _run_from_args(args)
     run.folder.mkdir(parents=True, exist_ok=True)
-    run.write_config()
-    run.prepare_data()
-    run.train(resume=args.resume)
+    with run_lock(run.folder):
+        main_first(run.write_config)
+        on_main(run.prepare_data)
+        run.train(resume=args.resume)
     print(f"trained model: {run.model_path}")
     return 0
 

@@ -87,6 +87,10 @@ class PixelCrossEntropy(Objective):
         loss = labelled_cross_entropy(model(images), masks)
         return loss, {"ce": float(loss.detach())}
 
+    def batch_weight(self, targets: torch.Tensor) -> float:
+        """The labelled pixels, which the mean divides by."""
+        return float((targets != IGNORE_INDEX).sum())
+
 
 def labelled_cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(B, L, H, W) logits against (B, H, W) label maps: the mean over pixels not labelled 255 (0 if none)."""

@@ -40,6 +40,12 @@ class Objective(nn.Module):
         backbone, head = model.parameter_groups()
         return [ParamGroup(backbone), ParamGroup(head + list(self.parameters()), head_lr_mult)]
 
+    def batch_weight(self, targets: torch.Tensor) -> float:
+        """What the loss's mean divides by: the images of the batch. Several processes weight each one's
+        mean by it (:mod:`scarce.distributed`), so that together they compute the whole batch's mean; an
+        objective averaging over something else (labelled pixels) says so here."""
+        return float(len(targets))
+
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {}
 

@@ -12,6 +12,18 @@ uninterrupted run. Checkpoints are written atomically after every epoch (and eve
 
 ``irn_momentum_quirk`` reproduces IRN's ``PolyOptimizer``, which passes weight decay as SGD's third
 positional argument, i.e. momentum = 1e-4 (see the shared reference); off by default.
+
+Several processes (``torchrun``, see :mod:`scarce.distributed` and docs/scaling.md): ``batch_size`` is the
+global batch; each rank trains on its part of every batch and the gradients are summed over ranks, so N
+processes reach the weights of one process (to float tolerance) when the objective is a mean of per-image
+terms and BN is frozen (the default) or synced (``freeze_bn: false`` syncs it over ranks). Only rank 0
+writes checkpoints and the log; a checkpoint resumes under any number of processes. The random draws
+*inside* an objective (e.g. PuzzleCAM's tiling) are seeded by (seed, epoch, step, rank) with several ranks.
+
+Device (``device``, ``amp``, ``channels_last``, ``pin_memory``): ``cpu`` by default, so CPU results are
+unchanged; ``auto`` takes this rank's GPU when there is one. ``amp: bf16 | fp16`` runs the forward pass in
+autocast (fp16 with a gradient scaler). These settings do not change what a checkpoint is: a run may resume
+on another device or precision.
 """
 
 from __future__ import annotations
@@ -31,7 +43,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from scarce.data.base import WeakDataset
-from scarce.errors import ScarceError, TrainingError
+from scarce.distributed import (all_sum, barrier, batch_part, check_batch, resolve_device, sum_gradients,
+                                synced_batches, world)
+from scarce.errors import ConfigError, ScarceError, TrainingError
 from scarce.io import save_torch, write_text
 from scarce.models.classifier import CamClassifier
 from scarce.training.losses import MultiLabelObjective, Objective
@@ -53,6 +67,14 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0
     irn_momentum_quirk: bool = False
+    device: str = "cpu"  # cpu | auto | cuda | cuda:N (auto and cuda: this rank's GPU under torchrun)
+    amp: str = "none"  # none | bf16 | fp16: autocast of the forward pass
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    pin_memory: bool = False  # page-locked host batches, copied without blocking (CUDA only)
+
+
+DEVICE_FIELDS = ("device", "amp", "channels_last", "pin_memory")  # how, not what: not part of a checkpoint's identity
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class AugmentedImages(Dataset):
@@ -90,7 +112,12 @@ def _freeze_batchnorm(model: nn.Module) -> None:
 
 
 def _config_fingerprint(cfg: TrainConfig, extra: dict) -> dict:
-    return {"train": asdict(cfg), **extra}
+    return {"train": {k: v for k, v in asdict(cfg).items() if k not in DEVICE_FIELDS}, **extra}
+
+
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """The forward pass's autocast for ``amp`` (none | bf16 | fp16); disabled for ``none``."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp] or torch.bfloat16, enabled=amp != "none")
 
 
 def build_optimizer(model: CamClassifier, objective: Objective, cfg: TrainConfig) -> torch.optim.SGD:
@@ -130,6 +157,7 @@ def train_classifier(
     of the same samples, e.g. (image, label map) for segmentation; it has an ``epoch`` attribute that seeds
     its augmentation like :class:`AugmentedImages`. ``drop_last`` skips an epoch's last, incomplete batch
     (a batch of one breaks BatchNorm on 1×1 maps, such as the image pooling of DeepLab's ASPP).
+    Under torchrun every rank calls this with the same arguments (see the module docstring).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,16 +166,30 @@ def train_classifier(
     fingerprint = _config_fingerprint(cfg, {"objective": objective.name, **(identity or {})})
     if not dataset.samples:
         raise ScarceError(f"{dataset.root}: split {dataset.split!r} has no samples to train on")
+    ranks = world()
+    check_batch(cfg.batch_size, "train.batch_size")
+    device = resolve_device(cfg.device)
+    if cfg.amp not in AMP_DTYPES:
+        raise ConfigError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {cfg.amp!r}")
 
     n = len(dataset.samples)
     steps_per_epoch = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
     if steps_per_epoch == 0:
         raise ScarceError(f"{dataset.root}: split {dataset.split!r} has {n} samples, "
                           f"fewer than one batch of {cfg.batch_size}; lower the batch size")
+    if not cfg.freeze_bn and not drop_last and 0 < n % cfg.batch_size < ranks.size:
+        raise ScarceError(f"train.batch_size={cfg.batch_size}: the last batch of {n % cfg.batch_size} samples cannot "
+                          f"give each of {ranks.size} processes one, which synced BatchNorm needs; choose another batch size")
     total_steps = cfg.epochs * steps_per_epoch
+    model.to(device)
+    objective.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     if cfg.freeze_bn:
         _freeze_batchnorm(model)
     optimizer = build_optimizer(model, objective, cfg)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     start_step, log_rows, carried = 0, [], (0.0, 0)
     if ckpt_path.exists():
@@ -159,46 +201,67 @@ def train_classifier(
         model.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_step, log_rows, carried = state["step"], state["log"], state["running"]
+    barrier()  # every rank has read the checkpoint before rank 0 writes the next one
 
     images = pairs if pairs is not None else AugmentedImages(dataset, model.mean_std, cfg.augment, cfg.seed)
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+               disable=not (progress and ranks.is_main), leave=False)
 
     def save_checkpoint(step: int, running: tuple[float, int] = (0.0, 0)) -> None:
-        save_torch(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
-                               "optimizer": optimizer.state_dict(), "step": step, "log": log_rows,
-                               "running": running, "fingerprint": fingerprint})
-        _write_log(log_path, log_rows)
+        if ranks.is_main:
+            save_torch(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                                   "log": log_rows, "running": running, "fingerprint": fingerprint})
+            _write_log(log_path, log_rows)
 
-    step = start_step
+    step, parts = start_step, {}
+    pin = cfg.pin_memory and device.type == "cuda"
     for epoch in range(start_step // steps_per_epoch, cfg.epochs):
         images.epoch = epoch
         order = epoch_order(cfg.seed, epoch, len(images))
         first = step - epoch * steps_per_epoch  # batches of this epoch already done before a resume
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][first:steps_per_epoch]
-        loader = DataLoader(images, batch_sampler=batches, num_workers=cfg.num_workers)
+        local = [batch[batch_part(len(batch), ranks)] for batch in batches]  # this rank's part of each batch
+        loaded = iter(DataLoader(images, batch_sampler=[part for part in local if part], num_workers=cfg.num_workers,
+                                 pin_memory=pin))
         model.train()
         objective.train()
         if cfg.freeze_bn:
             _freeze_batchnorm(model)
         running, seen = carried if first else (0.0, 0)  # the epoch's loss sum so far, kept across a resume
-        for batch_images, labels in loader:
-            torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, step]).integers(2**62)))
+        for batch, part in zip(batches, local):
+            rank_seed = [ranks.rank] if ranks.size > 1 else []  # ranks draw different noise for different images
+            torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, step, *rank_seed]).integers(2**62)))
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power)
-            loss, parts = objective(model, batch_images, labels, step / total_steps)
-            if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            batch_images, labels = (t.to(device, non_blocking=pin) for t in next(loaded)) if part else (None, None)
+            # the mean over the whole batch: each rank's mean weighted by its share of what the mean divides by
+            weight = objective.batch_weight(labels) if part else 0.0
+            total = all_sum(torch.tensor(weight, dtype=torch.float64, device=device)).clamp_min(1e-12)
+            if part:
+                if cfg.channels_last and batch_images.dim() == 4:
+                    batch_images = batch_images.contiguous(memory_format=torch.channels_last)
+                with synced_batches(), autocast(device, cfg.amp):
+                    loss, parts = objective(model, batch_images, labels, step / total_steps)
+                scaler.scale(loss if ranks.size == 1 else loss * float(weight / total)).backward()
+                loss_sum = loss.detach().double() * weight
+            batch_loss = float(sum_gradients(parameters, loss_sum.reshape(1))[0] / total)
+            if not math.isfinite(batch_loss):
                 raise TrainingError(
-                    f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; "
+                    f"non-finite loss ({batch_loss}) at epoch {epoch + 1}, step {step + 1}; "
                     f"the last checkpoint ({ckpt_path}) is kept: lower the learning rate and resume"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
-            running += float(loss.detach()) * len(labels)
-            seen += len(labels)
+            running += batch_loss * len(batch)
+            seen += len(batch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.4f}")
             if on_step is not None:
@@ -209,8 +272,11 @@ def train_classifier(
                          "lr": optimizer.param_groups[0]["lr"], **{k: round(v, 6) for k, v in parts.items()}})
         save_checkpoint(step)
     bar.close()
-    save_torch(model_path, {"model": model.state_dict(), "objective": objective.state_dict(), "fingerprint": fingerprint})
-    _write_log(log_path, log_rows)
+    if ranks.is_main:
+        save_torch(model_path, {"model": model.state_dict(), "objective": objective.state_dict(),
+                                "fingerprint": fingerprint})
+        _write_log(log_path, log_rows)
+    barrier()  # the model file is there before any rank reads it
     return TrainResult(model_path, log_path, time.perf_counter() - started)
 
 

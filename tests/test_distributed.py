@@ -1,0 +1,300 @@
+"""torchrun semantics, checked with 2 gloo processes on the CPU against one process.
+
+The 2-process jobs start with the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*) and
+join through :func:`scarce.distributed.session`, as ``torchrun -m scarce`` does. The reference is computed
+here, in one process, by the unchanged single-process path (no process group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from scarce.cams import CamConfig
+from scarce.cams.store import load_cam
+from scarce.cil.data import Preprocess
+from scarce.cil.trainer import Trainer
+from scarce.data.base import open_dataset
+from scarce.distributed import World, batch_part, lost_peer, resolve_device, session, world
+from scarce.errors import ConfigError, ScarceError
+from scarce.lock import LOCK_NAME, run_lock
+from scarce.models import CamClassifier, GlobalAvgPool
+from scarce.pipeline import extract_cams
+from scarce.training import AugmentConfig, TrainConfig, load_trained, train_classifier
+from scarce.training.losses import MultiLabelObjective
+
+# BN in training mode (synced over ranks), 4 global batches of 6 per epoch
+SYNCED = TrainConfig(epochs=1, batch_size=6, lr=0.05, augment=AugmentConfig(crop_size=32), seed=5, freeze_bn=False)
+# the classifier's default frozen BN; global batches of 5 (parts of 2 and 3), the last one smaller
+FROZEN = TrainConfig(epochs=2, batch_size=5, lr=0.05, augment=AugmentConfig(crop_size=32), seed=5, checkpoint_every=2)
+CAMS = CamConfig(scales=(1.0, 0.5), batch_size=3)
+CIL = ["seed=0", "data.subset=true", "data.train_per_class=12", "data.test_per_class=6", "protocol.class_order=[0,1,2,3]",
+       "protocol.n_base=2", "protocol.n_phases=1", "protocol.memory.size=3", "train.epochs=2", "train.batch_size=10",
+       "train.lr=0.05", "train.schedule=constant", "train.threads=1", "train.checkpoint_every=0",
+       "data.augment=crop_flip", "method.name=icarl"]  # crop_flip: each rank takes its items of the batch draws
+
+
+def fresh_model(num_classes: int) -> CamClassifier:
+    """A two-layer conv + BN classifier (a timm backbone costs seconds of first-use imports in every rank)."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+    model = CamClassifier(backbone, 16, num_classes, GlobalAvgPool(), ((0.5,) * 3, (0.25,) * 3))
+    nn.init.normal_(model.classifier.weight, std=0.1)  # not the zero start: the backbone learns from step 1
+    return model
+
+
+def cil_config():
+    from scarce.cil import load_config
+
+    return load_config(None, CIL)
+
+
+# -- running 2 ranks ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, size: int, port: int, job, args: tuple, report: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                      LOCAL_RANK=str(rank), SCARCE_DIST_TIMEOUT="60")
+    torch.set_num_threads(1)
+    try:
+        with session() as ranks:
+            assert (ranks.rank, ranks.size) == (rank, size)
+            job(*args)
+    except BaseException as exc:  # noqa: BLE001  (reported to the test, which asserts on it)
+        (report / f"rank{rank}.json").write_text(json.dumps({"type": type(exc).__name__, "lost_peer": lost_peer(exc),
+                                                              "message": str(exc), "trace": traceback.format_exc()}))
+        raise SystemExit(1)
+
+
+def run_two_ranks(job, *args, report: Path) -> list[int | None]:
+    """Start ``job(*args)`` in 2 processes joined as a torchrun job would be; their exit codes.
+
+    The processes are forked (one thread, no process group in the parent), so they start with the modules
+    this process already imported instead of spending seconds importing torch's optimiser and compiler stack.
+    """
+    report.mkdir(parents=True, exist_ok=True)
+    context = mp.get_context("fork")
+    port = _free_port()
+    processes = [context.Process(target=_entry, args=(rank, 2, port, job, args, report)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    return [process.exitcode for process in processes]
+
+
+def _job_train_and_extract(scenes: Path, out: Path) -> None:
+    """Classifier with synced BN, its CAMs of val (sharded under torchrun), a CIL run."""
+    data = open_dataset("scenes", scenes, "train")
+    model = fresh_model(data.num_classes)
+    train_classifier(model, data, SYNCED, out / "classifier", progress=False)
+    extract_cams(load_trained(model, out / "classifier" / "model.pt"), open_dataset("scenes", scenes, "val"), CAMS,
+                 out / "cams", progress=False)
+    Trainer(cil_config(), out / "cil", progress=False).run()
+
+
+def _job_two_ranks(scenes: Path, out: Path) -> None:
+    """The 2-rank job (one, as each start costs seconds of imports): the equivalence runs, then a training in
+    which rank 1 dies after step 5 (the last checkpoint is step 4); rank 0 must stop with a report, not hang."""
+    _job_train_and_extract(scenes, out)
+    data = open_dataset("scenes", scenes, "train")
+
+    def die(epoch: int, step: int) -> None:
+        if step == 5 and world().rank == 1:
+            os._exit(3)
+
+    train_classifier(fresh_model(data.num_classes), data, FROZEN, out / "killed", progress=False, on_step=die)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread, as in each rank: the same CPU kernels (identical CAM files), and no oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_scenes, tmp_path_factory, one_process) -> Path:  # after one_process: its imports are forked
+    out = tmp_path_factory.mktemp("two_ranks")
+    codes = run_two_ranks(_job_two_ranks, tiny_scenes, out, report=out / "report")
+    errors = [p.read_text() for p in (out / "report").glob("*.json")]
+    assert codes == [1, 3], errors  # rank 1 died on purpose at the end; rank 0 reported it
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_scenes, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one_process")
+    _job_train_and_extract(tiny_scenes, out)
+    return out
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].is_floating_point():
+            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4, msg=key)
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+# -- equivalence ------------------------------------------------------------------------------------
+def test_two_ranks_train_the_classifier_of_one_process(two_ranks, one_process, tiny_scenes):
+    """2 processes × parts of each global batch of 6 = 1 process × 6, BN synced: the same weights (and BN
+    running statistics) and the same logged loss."""
+    two = torch.load(two_ranks / "classifier" / "model.pt", weights_only=True)["model"]
+    one = torch.load(one_process / "classifier" / "model.pt", weights_only=True)["model"]
+    assert_same_weights(two, one, atol=1e-5)
+    initial = fresh_model(open_dataset("scenes", tiny_scenes, "train").num_classes).state_dict()
+    moved = [k for k in one if one[k].is_floating_point() and not torch.equal(one[k], initial[k])]
+    assert any("running_mean" in k for k in moved)  # BN really trained, so its statistics were compared
+    rows = [line.split(",") for line in (two_ranks / "classifier" / "train_log.csv").read_text().splitlines()[1:]]
+    ref = [line.split(",") for line in (one_process / "classifier" / "train_log.csv").read_text().splitlines()[1:]]
+    assert [float(r[2]) for r in rows] == pytest.approx([float(r[2]) for r in ref], rel=1e-5)
+    assert not (two_ranks / "classifier" / LOCK_NAME).exists()
+
+
+def test_sharded_cams_are_the_files_of_one_process(two_ranks, one_process, tiny_scenes):
+    stems = [s.stem for s in open_dataset("scenes", tiny_scenes, "val").samples]
+    assert sorted(p.stem for p in (two_ranks / "cams").glob("*.npz")) == sorted(stems)
+    assert not list((two_ranks / "cams").glob(".*.tmp"))  # every file written atomically
+    for stem in stems:
+        cams_two, keys_two = load_cam(two_ranks / "cams" / f"{stem}.npz")
+        cams_one, keys_one = load_cam(one_process / "cams" / f"{stem}.npz")
+        assert np.array_equal(keys_two, keys_one)
+        # the classifiers agree to 1e-5, not bitwise: the maps agree to float16's rounding of [0, 1] values
+        np.testing.assert_allclose(cams_two, cams_one, atol=1e-3)
+
+
+def test_sharded_cams_of_one_model_are_identical(two_ranks, tiny_scenes, tmp_path):
+    """The same classifier (the 2-rank one), CAMs in one process here: bit-identical maps."""
+    data = open_dataset("scenes", tiny_scenes, "train")
+    model = load_trained(fresh_model(data.num_classes), two_ranks / "classifier" / "model.pt")
+    extract_cams(model, open_dataset("scenes", tiny_scenes, "val"), CAMS, tmp_path, progress=False)
+    for path in (two_ranks / "cams").glob("*.npz"):
+        two, one = load_cam(path), load_cam(tmp_path / path.name)
+        assert np.array_equal(two[0], one[0]) and np.array_equal(two[1], one[1]), path.name
+
+
+def test_two_ranks_train_the_cil_learner_of_one_process(two_ranks, one_process):
+    """iCaRL (a mean of per-image losses) on a BN network: 2 ranks reach one process's learner and accuracies."""
+    two = torch.load(two_ranks / "cil" / "checkpoints" / "last.pt", weights_only=True)
+    one = torch.load(one_process / "cil" / "checkpoints" / "last.pt", weights_only=True)
+    assert_same_weights(two["learner"]["net"], one["learner"]["net"], atol=1e-5)
+    assert two["rows"] == one["rows"]
+    assert json.loads((two_ranks / "cil" / "acc_matrix.json").read_text())["heads"] == \
+        json.loads((one_process / "cil" / "acc_matrix.json").read_text())["heads"]
+
+
+# -- a rank that dies ------------------------------------------------------------------------------
+def test_a_dead_rank_is_reported_and_the_run_resumes_in_one_process(two_ranks, tiny_scenes, tmp_path):
+    out = two_ranks / "killed"
+    survivor = json.loads((two_ranks / "report" / "rank0.json").read_text())
+    assert survivor["lost_peer"], survivor["trace"]
+    assert "in train_classifier" in survivor["trace"]  # stopped in the training step, at a collective
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert not (out / "model.pt").exists()
+
+    data = open_dataset("scenes", tiny_scenes, "train")
+    train_classifier(fresh_model(data.num_classes), data, FROZEN, out, resume=True, progress=False)  # 1 process now
+    train_classifier(fresh_model(data.num_classes), data, FROZEN, tmp_path / "straight", progress=False)
+    resumed = torch.load(out / "model.pt", weights_only=True)["model"]
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["model"]
+    assert_same_weights(resumed, straight, atol=1e-5)
+
+
+# -- single-process pieces ------------------------------------------------------------------------
+def test_batch_parts_cover_the_batch_and_differ_by_at_most_one():
+    for size in (2, 7, 10):
+        parts = [batch_part(size, World(rank, 3)) for rank in range(3)]
+        covered = [i for part in parts for i in range(size)[part]]
+        assert covered == list(range(size))
+        lengths = [len(range(size)[part]) for part in parts]
+        assert max(lengths) - min(lengths) <= 1
+    assert [len(range(7)[batch_part(7, World(r, 2))]) for r in range(2)] == [3, 4]
+
+
+def test_a_part_of_a_batch_gets_the_batch_augmentation_of_its_items():
+    images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    pre = Preprocess((0.5,), (0.25,), "crop_flip")
+    whole = pre(images, torch.Generator().manual_seed(11))
+    part = pre(images[2:5], torch.Generator().manual_seed(11), within=(2, 6))
+    assert torch.equal(part, whole[2:5])
+    assert not torch.equal(part, pre(images[2:5], torch.Generator().manual_seed(11)))  # the draws do differ
+
+
+def test_a_second_run_in_a_folder_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "2026-01-01T00:00:00",
+                                                   "command": "scarce run other.yaml"}))
+    with pytest.raises(ScarceError, match=r"in use by process 1 on elsewhere .*scarce run other.yaml"):
+        with run_lock(tmp_path):
+            pass
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    with run_lock(tmp_path):
+        holder = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert holder["pid"] == os.getpid()
+        with run_lock(tmp_path):  # the same process again (a nested stage): allowed
+            pass
+        assert (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+# -- the device path --------------------------------------------------------------------------------
+class RecordsPrecision(MultiLabelObjective):
+    """The cam objective, noting the dtype of the logits of each step (autocast's, when on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, model, images, labels, progress):
+        self.dtypes.append(model(images).dtype)
+        return super().forward(model, images, labels, progress)
+
+
+@pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_runs_the_forward_pass_in_its_precision_and_keeps_float32_weights(tiny_scenes, tmp_path, amp, dtype):
+    data = open_dataset("scenes", tiny_scenes, "train")
+    objective = RecordsPrecision()
+    cfg = replace(FROZEN, epochs=1, amp=amp, channels_last=True, pin_memory=True)  # pinning is skipped on a CPU
+    train_classifier(fresh_model(data.num_classes), data, cfg, tmp_path, objective=objective, progress=False)
+    assert objective.dtypes == [dtype] * 3  # 14 images, global batches of 5
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_device_names_resolve_or_fail_clearly(tiny_scenes, tmp_path):
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    data = open_dataset("scenes", tiny_scenes, "train")
+    with pytest.raises(ConfigError, match="train.amp must be one of none, bf16, fp16, got 'fp8'"):
+        train_classifier(fresh_model(data.num_classes), data, replace(FROZEN, amp="fp8"), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
