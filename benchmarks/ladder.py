@@ -113,7 +113,10 @@ def run_ladder(args: argparse.Namespace) -> int:
         method = seed_run.name
         for refine in args.refine:
             folder = args.out / method / refine
-            run = variant_run(seed_run, folder, refine, {**settings, "segment": None}, progress, options.get(refine))
+            # the variant segmented by an earlier call keeps its segment section (its stages are then complete)
+            stored = load_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+            run = variant_run(seed_run, folder, refine, {**settings, "segment": stored.get("segment")}, progress,
+                              options.get(refine))
             metrics = run.run(report=False)
             maps = metrics.get("refined", metrics)
             refine_s = sum(v for k, v in metrics["timings_s"].items() if k.startswith("refine"))
