@@ -12,15 +12,13 @@ Choose settings on val; test is printed for the record.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from scarce.config import merge, parse_overrides
 from scarce.layout import RunLayout
 from scarce.pipeline import Run, load_run_config
-from scarce.segmentation import load_segmenter
-from scarce.segmentation.predict import evaluate_split
+from segment_fit import train_fit  # benchmarks/, beside this script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(cfg, args.out, progress=False)
     run.ceiling()
     scores = run.read_scores("ceiling")
-    train = run.dataset(cfg.data.train_split)
-    one_scale = dataclasses.replace(cfg.segment, scales=(1.0,), flip=False)
-    model = load_segmenter(one_scale, train.num_classes, run.layout.ceiling / "model.pt")
-    fit = evaluate_split(model, train, one_scale, progress=False)
+    fit = train_fit(run, run.layout.ceiling)
     for name, score in (("train fit (1 scale)", fit), ("val", scores["val"]), ("test", scores["test"])):
         print(f"{name}: mIoU {100 * score['miou']:.1f}  FP {score['fp']:.3f}  FN {score['fn']:.3f}")
     return 0

@@ -15,11 +15,20 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from scarce.pipeline import Run, load_run_config
 from scarce.segmentation import GROUND_TRUTH, load_segmenter
-from scarce.segmentation.data import mask_dataset
+from scarce.segmentation.data import MaskSource, mask_dataset
 from scarce.segmentation.predict import evaluate_split
+
+
+def train_fit(run: Run, model_folder: Path, masks: MaskSource = GROUND_TRUTH) -> dict[str, Any]:
+    """Scores (one scale, no flip) of the model in ``model_folder`` on the run's train split against ``masks``."""
+    train = run.dataset(run.cfg.data.train_split)
+    one_scale = dataclasses.replace(run.cfg.segment, scales=(1.0,), flip=False)
+    model = load_segmenter(one_scale, train.num_classes, model_folder / "model.pt")
+    return evaluate_split(model, mask_dataset(train, masks), one_scale, progress=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,16 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = Run(load_run_config(args.run / "config.yaml"), args.run, progress=False)
     train_split = run.cfg.data.train_split
-    train = run.dataset(train_split)
-    one_scale = dataclasses.replace(run.cfg.segment, scales=(1.0,), flip=False)
     targets = {"segment": {"its pseudo masks": run.layout.masks(train_split), "the ground truth": GROUND_TRUTH},
                "ceiling": {"the ground truth": GROUND_TRUTH}}
     for name, folder in (("segment", run.layout.segment), ("ceiling", run.layout.ceiling)):
         if not (folder / "model.pt").is_file():
             continue
-        model = load_segmenter(one_scale, train.num_classes, folder / "model.pt")
         for what, masks in targets[name].items():
-            score = evaluate_split(model, mask_dataset(train, masks), one_scale, progress=False)
+            score = train_fit(run, folder, masks)
             print(f"{name} on {train_split} against {what}: mIoU {100 * score['miou']:.1f}  "
                   f"FP {score['fp']:.3f}  FN {score['fn']:.3f}")
     return 0
