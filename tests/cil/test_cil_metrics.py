@@ -78,3 +78,34 @@ def test_report_phase_axes_have_whole_number_ticks(tmp_path, monkeypatch):
     assert len(figures) == 3  # accuracy, old/new, comparison: 3 phases each (0, 1, 2)
     for figure in figures:
         assert _phase_ticks(figure) == [0.0, 1.0, 2.0]  # matplotlib's default puts ticks every 0.25
+
+
+def _fake_run(avg: float, old: list, new: list, wall: float) -> dict:
+    head = {"average_incremental_accuracy": avg, "last_accuracy": avg, "forgetting_max": None,
+            "forgetting_initial": None, "seen_accuracy": [avg] * len(new), "old_accuracy": old, "new_accuracy": new}
+    return {"heads": {"cnn": head}, "primary_head": "cnn", "wall_time_s": wall}
+
+
+def test_compare_rows_split_old_and_new_and_name_the_base_learner():
+    from scarce.cil.compare import base_row_name, table_rows
+
+    names = ["lucir", "lucir_aanets", "lucir_aanets_rmm", "mnemonics", "lucir_placebo"]
+    assert base_row_name("lucir_aanets_rmm", names) == "lucir_aanets"
+    assert base_row_name("lucir_placebo", names) == "lucir"
+    assert base_row_name("mnemonics", names) is None and base_row_name("lucir", names) is None
+    assert base_row_name("lucirx", ["lucir"]) is None  # a prefix must end at an underscore
+
+    results = {
+        "lucir": [_fake_run(60.0, [None, 50.0, 40.0], [90.0, 80.0, 70.0], 10.0),
+                  _fake_run(62.0, [None, 52.0, 42.0], [90.0, 78.0, 72.0], 14.0)],
+        "lucir_rmm": [_fake_run(65.0, [None, 60.0, 50.0], [90.0, 70.0, 60.0], 30.0),
+                      _fake_run(66.0, [None, 60.0, 56.0], [90.0, 72.0, 62.0], 30.0)],
+    }
+    rows, _ = table_rows(results)
+    base, rmm = rows
+    # by hand: lucir old means (50+40)/2 = 45 and (52+42)/2 = 47 -> 46.00 ± 1.41; new 75 and 75 -> 75.00 ± 0.00
+    assert base["old acc (mean p≥1)"] == "46.00 ± 1.41" and base["new acc (mean p≥1)"] == "75.00 ± 0.00"
+    assert base["base"] == "–" and base["Δ avg vs base"] == "–" and base["cost vs base"] == "–"
+    # rmm: avg 65.5 vs 61 -> +4.50; wall 30 vs 12 -> 2.50; old 55, 58 -> 56.50 ± 2.12
+    assert rmm["base"] == "lucir" and rmm["Δ avg vs base"] == "+4.50" and rmm["cost vs base"] == "2.50"
+    assert rmm["old acc (mean p≥1)"] == "56.50 ± 2.12"

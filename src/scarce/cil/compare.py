@@ -21,6 +21,13 @@ COLUMNS = (
     ("forgetting_max", "forgetting (max)"),
     ("forgetting_initial", "forgetting (init−final)"),
 )
+# Stability and plasticity apart: the mean over the incremental phases (p ≥ 1) of the per-phase accuracy on
+# earlier phases' classes and on the phase's own new classes. Two methods with equal average accuracy can
+# trade one for the other (AANets on PODNet does), which the average hides.
+SPLIT_COLUMNS = (
+    ("old_accuracy", "old acc (mean p≥1)"),
+    ("new_accuracy", "new acc (mean p≥1)"),
+)
 
 
 def check_same_protocol(configs: list[CILConfig], names: list[str]) -> None:
@@ -95,7 +102,19 @@ def table_rows(results: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str,
             row: dict[str, Any] = {"method": name, "head": head + (" *" if primary else "")}
             for key, label in COLUMNS:
                 row[label] = fmt([r["heads"][head][key] for r in runs])
+            for key, label in SPLIT_COLUMNS:
+                row[label] = fmt([_incremental_mean(r["heads"][head][key]) for r in runs])
             row["wall time (s)"] = fmt([r["wall_time_s"] for r in runs])
+            base = base_row_name(name, list(results))
+            row["base"] = base or "–"
+            row["Δ avg vs base"] = row["cost vs base"] = "–"
+            if base is not None and head in results[base][0]["heads"]:
+                row["Δ avg vs base"] = _signed(statistics.fmean(r["heads"][head]["average_incremental_accuracy"] for r in runs)
+                                               - statistics.fmean(r["heads"][head]["average_incremental_accuracy"]
+                                                                  for r in results[base]))
+                cost = statistics.fmean(r["wall_time_s"] for r in runs) / statistics.fmean(
+                    r["wall_time_s"] for r in results[base])
+                row["cost vs base"] = f"{cost:.2f}"
             rows.append(row)
             if primary:
                 n = len(runs[0]["heads"][head]["seen_accuracy"])
@@ -103,12 +122,34 @@ def table_rows(results: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str,
     return rows, curves
 
 
+def base_row_name(name: str, names: list[str]) -> str | None:
+    """The row a method adds to: the longest other name that ``name`` extends by ``_suffix``.
+
+    ``lucir_aanets_rmm`` → ``lucir_aanets`` → ``lucir``; ``mnemonics`` has none. Only names decide, so a run
+    named so compares with its base learner without extra configuration.
+    """
+    bases = [n for n in names if n != name and name.startswith(n + "_")]
+    return max(bases, key=len) if bases else None
+
+
+def _incremental_mean(per_phase: list[float | None]) -> float | None:
+    values = [v for v in per_phase[1:] if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}"
+
+
 def markdown_table(rows: list[dict[str, Any]], seeds: list[int], results: dict[str, list[dict[str, Any]]]) -> str:
     cols = list(rows[0])
     first = next(iter(results.values()))[0]
     lines = [
         f"Protocol: {first['dataset']} ({first['data_source']}), {first['protocol']}; seeds {seeds}. "
-        "Mean ± std over seeds, percent; * = the head each method is usually quoted with.",
+        "Mean ± std over seeds, percent; * = the head each method is usually quoted with. "
+        "Δ avg vs base: difference of the seed means of average incremental accuracy against the row named "
+        "'base' (same head); cost vs base: ratio of mean wall times (comparable only when the runs had the "
+        "same load).",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "|".join("---" for _ in cols) + "|",
