@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -102,3 +103,14 @@ def test_mnemonics_stores_optimised_images_of_every_class_after_the_run(tmp_path
         original = data.train.load(np.array(memory["exemplars"][label])).float()
         assert images.shape == original.shape and images.min() >= 0 and images.max() <= 255
         assert (images - original).abs().mean() > 0.01  # moved, not just the float round trip
+    # the run reports how far the images moved: the last phase's new classes (4, 5) are optimised once and
+    # never adjusted again, so their reported change equals the final-minus-herded difference computed here
+    report = json.loads((tmp_path / "metrics.json").read_text())["method_report"]["mnemonics"]["phases"]
+    assert [p["phase"] for p in report] == [0, 1, 2]
+    assert "old" not in report[0] and report[2]["old"]["pixel_change_mean"] > 0.01
+    moved = torch.cat([(memory["images"][c] - data.train.load(np.array(memory["exemplars"][c])).float()).abs().flatten()
+                       for c in (4, 5)])
+    assert math.isclose(report[2]["new"]["pixel_change_mean"], float(moved.mean()), rel_tol=1e-4)
+    assert math.isclose(report[2]["new"]["pixel_change_max"], float(moved.max()), rel_tol=1e-4)
+    for key in ("new", "old_half0", "old_half1"):
+        assert math.isfinite(report[2][key]["outer_loss_before"]) and math.isfinite(report[2][key]["outer_loss_after"])

@@ -41,6 +41,7 @@ Defaults and their sources (the released code ``mnemonics-training/1_train``): `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,10 +87,13 @@ class MnemonicsMixin(Learner):
         old = [c for c in range(ctx.n_old) if c in memory.exemplars]
         new = list(ctx.new_labels)
         images = {c: ctx.load(memory.exemplars[c], None) for c in old + new}  # normalised, learned ones included
+        before = {c: ctx.pixels(images[c]) for c in old + new}
         was_training = self.net.training
         self.net.eval()
+        log: dict[str, Any] = {"phase": ctx.phase}
         try:
-            learned = self.optimise(ctx, [images[c] for c in new], new, [images[c] for c in old], old, query, "new")
+            learned, log["new"] = self.optimise(ctx, [images[c] for c in new], new, [images[c] for c in old], old,
+                                                query, "new")
             for c, x in zip(new, learned):
                 images[c] = x
             if ctx.phase > 0 and self.params.adjust_old and old:
@@ -97,22 +101,49 @@ class MnemonicsMixin(Learner):
                     learn = [images[c][half::2] for c in old]
                     check = np.concatenate([memory.exemplars[c][1 - half :: 2] for c in old])
                     fixed = [images[c] for c in new]
-                    learned = self.optimise(ctx, learn, old, fixed, new, check, f"old{half}")
+                    learned, log[f"old_half{half}"] = self.optimise(ctx, learn, old, fixed, new, check, f"old{half}")
                     for c, x in zip(old, learned):
                         images[c][half::2] = x
         finally:
             self.net.train(was_training)
-        for c in (old + new) if (ctx.phase > 0 and self.params.adjust_old) else new:
+        changed = (old + new) if (ctx.phase > 0 and self.params.adjust_old) else new
+        for c in changed:
             memory.set_images(c, ctx.pixels(images[c]))
+        # How far the stored images moved this phase, in grey levels (0-255), after clipping to pixel range:
+        # the evidence of whether the exemplar level changed anything at the configured outer_lr.
+        for group, classes in (("new", new), ("old", [c for c in changed if c in old])):
+            if classes:
+                diffs = torch.cat([(ctx.pixels(images[c]) - before[c]).abs().flatten() for c in classes])
+                log.setdefault(group, {}).update(pixel_change_mean=float(diffs.mean()),
+                                                 pixel_change_max=float(diffs.max()))
+        self.mnemonics_log.append(log)
+
+    @property
+    def mnemonics_log(self) -> list[dict[str, Any]]:
+        if not hasattr(self, "_mnemonics_log"):
+            self._mnemonics_log: list[dict[str, Any]] = []
+        return self._mnemonics_log
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "mnemonics": {"phases": self.mnemonics_log}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "mnemonics_log": self.mnemonics_log}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._mnemonics_log = list(state.get("mnemonics_log", []))
 
     def optimise(self, ctx: PhaseContext, learn: list[torch.Tensor], learn_labels: list[int],
-                 fixed: list[torch.Tensor], fixed_labels: list[int], query: np.ndarray, tag: str) -> list[torch.Tensor]:
+                 fixed: list[torch.Tensor], fixed_labels: list[int], query: np.ndarray, tag: str
+                 ) -> tuple[list[torch.Tensor], dict[str, float]]:
         """Outer loop: the images ``learn`` (one tensor per class of ``learn_labels``) move to lower the loss on
-        the ``query`` training indices of a classifier trained on them plus the ``fixed`` images."""
+        the ``query`` training indices of a classifier trained on them plus the ``fixed`` images. Also returns
+        the outer loss on the first query batch before and after the loop (same batch, same augmentation)."""
         p = self.params
         sizes = [len(x) for x in learn]
         if not sum(sizes) or not len(query):
-            return learn
+            return learn, {}
         x = torch.cat(learn).detach().clone().requires_grad_(True)
         y = torch.cat([torch.full((n,), c, dtype=torch.long) for n, c in zip(sizes, learn_labels)]).to(ctx.device)
         backbone, head = self.net.backbone, self.net.head
@@ -122,6 +153,18 @@ class MnemonicsMixin(Learner):
         fixed_y = torch.cat([torch.full((len(f),), c, dtype=torch.long) for f, c in zip(fixed, fixed_labels)]
                             ).to(ctx.device) if fixed else y[:0]
         start = dict(head.named_parameters())
+        all_y = torch.cat([fixed_y, y])
+        probe = query[: ctx.batch_size]
+        with torch.no_grad():
+            probe_f = backbone(ctx.load(probe, ctx.generator("mnemonics", tag, "probe")))[0]
+
+        def probe_loss() -> float:
+            features = torch.cat([fixed_f, backbone(x)[0]])
+            loss = unrolled_outer_loss(head, start, features, all_y, probe_f, ctx.targets(probe),
+                                       p.inner_steps, p.inner_lr)
+            return float(loss.detach())
+
+        stats = {"outer_loss_before": probe_loss()}
         opt = torch.optim.SGD([x], lr=p.outer_lr, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=p.outer_decay)
         for epoch in range(p.outer_epochs):
@@ -131,12 +174,13 @@ class MnemonicsMixin(Learner):
                 with torch.no_grad():
                     q = backbone(ctx.load(batch, ctx.generator("mnemonics", tag, epoch, s)))[0]
                 features = torch.cat([fixed_f, backbone(x)[0]])
-                loss = unrolled_outer_loss(head, start, features, torch.cat([fixed_y, y]), q, ctx.targets(batch),
+                loss = unrolled_outer_loss(head, start, features, all_y, q, ctx.targets(batch),
                                            p.inner_steps, p.inner_lr)
                 (x.grad,) = torch.autograd.grad(loss, [x])
                 opt.step()
             sched.step()
-        return list(x.detach().split(sizes))
+        stats["outer_loss_after"] = probe_loss()
+        return list(x.detach().split(sizes)), stats
 
 
 class Mnemonics(MnemonicsMixin, LUCIR):
