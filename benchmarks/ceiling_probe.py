@@ -5,6 +5,7 @@ scores it on val and test (multi-scale + flip, as the pipeline), and reports how
 masks (train mIoU at one scale): a model far below 100 there is under-trained, not limited by the data.
 
     python benchmarks/ceiling_probe.py runs/l0 --out runs/exp/ceil_lr01 --set segment.train.lr=0.01
+    python benchmarks/ceiling_probe.py runs/ladder3/seed0_ladder/recam/crf --out runs/exp/ceil120 --set segment.train.epochs=120
 
 Choose settings on val; test is printed for the record.
 """
@@ -29,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="e.g. segment.train.lr=0.01 or segment.train.epochs=60")
     args = parser.parse_args(argv)
     root = RunLayout(args.run)
-    changes = merge({"data": {"root": str((args.run / "data").resolve())}, "segment": {}},
-                    parse_overrides(args.overrides))
+    # A run that generated its scenes keeps them in RUN/data; a ladder variant points at its method run's.
+    own_data = {"data": {"root": str((args.run / "data").resolve())}} if (args.run / "data").is_dir() else {}
+    changes = merge({**own_data, "segment": {}}, parse_overrides(args.overrides))
     cfg = load_run_config(root.config, changes)
     run = Run(cfg, args.out, progress=False)
     run.ceiling()
