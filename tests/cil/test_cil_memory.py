@@ -91,3 +91,12 @@ def test_random_selection_is_seeded_and_state_round_trips():
     c.load_state_dict(a.state_dict())
     assert c.counts() == a.counts() and (c.indices() == a.indices()).all()
     assert len(random_selection(3, 5, torch.Generator().manual_seed(0))) == 3
+
+
+def test_balanced_indices_cut_every_class_to_the_smallest_one():
+    memory = Memory(MemorySpec(mode="per_class", size=5))
+    memory.exemplars = {2: np.array([40, 41, 42, 43]), 0: np.array([7, 3, 9]), 1: np.array([20, 21])}
+    # by hand: the smallest class holds 2, so each class keeps the head of its ranking, in label order
+    assert memory.balanced_indices().tolist() == [7, 3, 20, 21, 40, 41]
+    assert sorted(memory.indices().tolist()) == [3, 7, 9, 20, 21, 40, 41, 42, 43]  # indices() keeps everything
+    assert Memory(MemorySpec(mode="per_class", size=5)).balanced_indices().tolist() == []

@@ -86,6 +86,17 @@ class Memory:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([self.exemplars[c] for c in keys]).astype(np.int64)
 
+    def balanced_indices(self) -> np.ndarray:
+        """The same number of exemplars for every class: each class's ranking cut to the smallest class's size.
+
+        Without a memory policy every class holds its quota, so this is :meth:`indices`; RMM leaves the classes
+        unequal (the last phase's new classes keep their training data), which a class-balanced step must not see.
+        """
+        if not self.exemplars:
+            return np.zeros(0, dtype=np.int64)
+        k = min(len(v) for v in self.exemplars.values())
+        return np.concatenate([self.exemplars[c][:k] for c in sorted(self.exemplars)]).astype(np.int64)
+
     def update(
         self,
         n_seen: int,

@@ -18,8 +18,10 @@ The kept images of a class are its herding ranking on the phase's starting featu
 model), so the next phase can give its old classes more than ``B`` exemplars; the base phase keeps all its
 data (``T_0 = |D_0|``). :class:`scarce.cil.memory.MemoryLimits` carries each phase's budget and quotas, and the
 trainer's budget check after every phase enforces them. With ``m = 0`` a phase trains on exactly the batches it
-would without RMM; the memory after it still holds the phase's new-class data, which NME class means and
-PODNet's class-balanced finetuning then see.
+would without RMM; the memory after it still holds the phase's new-class data, which NME class means then
+see. Class-balanced finetuning (PODNet's, LUCIR's option) cuts every class to the smallest class's count
+(:meth:`~scarce.cil.memory.Memory.balanced_indices`): fed the unequal memory, PODNet's CNN head learnt the new
+classes' majority (old-class accuracy 1-37 % after the last phase at 5 exemplars per class, new 95-99 %).
 
 Policy. State ``s_i = [i / N, n_old / n_seen, B(n_old) / T_i]`` (scale-free, so that a policy trained on small
 pseudo tasks applies to the real ones). Level-1: a two-layer MLP on ``s_i``, softmax over ``old_rates``. Level-2:

@@ -254,14 +254,15 @@ def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tenso
 def balanced_head_finetune(learner: Learner, ctx: PhaseContext, params: list[nn.Parameter], epochs: int, lr: float,
                            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, augment: bool = False,
                            weight_decay: float = 0.0, milestones: Iterable[int] = (), gamma: float = 0.1) -> None:
-    """Class-balanced finetuning of classifier parameters ``params`` on the exemplar memory (the same number of
-    images for every seen class once it is updated); the backbone is frozen, batch norm in eval mode.
+    """Class-balanced finetuning of classifier parameters ``params`` on the exemplar memory, cut to the same
+    number of images for every seen class (:meth:`Memory.balanced_indices`: under RMM the classes hold unequal
+    numbers); the backbone is frozen, batch norm in eval mode.
 
     ``loss_fn(features, labels)`` sees backbone features computed without gradient. ``augment=False``
     computes them once, without augmentation (seconds); ``augment=True`` recomputes them on every batch of
     augmented images, as a training loop over the memory does. SGD (momentum 0.9, ``weight_decay``) over
     ``epochs`` passes, the learning rate multiplied by ``gamma`` at each epoch in ``milestones``."""
-    idx = ctx.memory.indices()
+    idx = ctx.memory.balanced_indices()
     if epochs <= 0 or len(idx) == 0:
         return
     labels = ctx.targets(idx)
