@@ -1,9 +1,14 @@
+import json
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from scarce.cil import run
-from scarce.cil.methods.aanets import AANetsBackbone, ScaledConv2d
+from scarce.cil.memory import Memory, MemorySpec
+from scarce.cil.methods.aanets import AANetsBackbone, AANetsMixin, ScaledConv2d
 from scarce.cil.models import ConvNet, ResNet
 
 from cil_helpers import tiny_config
@@ -103,3 +108,21 @@ def test_stable_kernels_stay_at_their_base_values_through_the_incremental_phases
     # optimiser leaves them at 0.5
     agg = net["backbone.aggregation"]
     assert agg.shape == (3,) and torch.equal(agg, torch.full((3,), 0.5)) == (aggregation_lr == 0)
+    # the run reports each incremental phase's weights: the same numbers as that phase's checkpoint
+    report = json.loads((tmp_path / "metrics.json").read_text())["method_report"]["aanets"]["aggregation"]
+    assert [r["phase"] for r in report] == [1, 2]
+    for r in report:
+        saved = torch.load(tmp_path / "checkpoints" / f"phase_{r['phase']}.pt", weights_only=True)["learner"]["net"]
+        assert r["weights"] == saved["backbone.aggregation"].tolist()
+
+
+def test_the_balanced_set_takes_as_many_images_per_class_as_the_smallest_old_class(tmp_path):
+    memory = Memory(MemorySpec(mode="per_class", size=5))
+    memory.exemplars = {0: np.array([1, 2, 3, 4]), 1: np.array([5, 6, 7])}  # unequal, as RMM leaves them
+    ctx = SimpleNamespace(memory=memory, n_new=2, n_seen=4, phase=1,
+                          scenario=SimpleNamespace(train_indices=lambda phase: np.arange(100, 110)),
+                          generator=lambda *key: torch.Generator().manual_seed(0))
+    idx = AANetsMixin.balanced_indices(None, ctx)
+    # by hand: k = 3 (class 1), so 3 × 2 new-class draws from 100..109, then classes 0 and 1 cut to 3 each
+    assert len(idx) == 6 + 6 and idx[6:].tolist() == [1, 2, 3, 5, 6, 7]
+    assert all(100 <= i < 110 for i in idx[:6])

@@ -153,12 +153,14 @@ class AANetsMixin(Learner):
         return [p for p in super().trainable_parameters(ctx) if p is not skip]
 
     def balanced_indices(self, ctx: PhaseContext) -> np.ndarray:
-        """The phase's class-balanced set: quota × n_new random new-class images (with replacement) plus the
-        old-class exemplars (the memory before its update)."""
+        """The phase's class-balanced set: the old-class exemplars (the memory before its update, every class
+        cut to the smallest one's count k: under RMM old classes hold more than the protocol's quota) plus
+        k × n_new random new-class images (with replacement)."""
+        old = ctx.memory.balanced_indices()
+        k = len(old) // max(len(ctx.memory.exemplars), 1) if len(old) else ctx.memory.spec.quota(ctx.n_seen)
         new = ctx.scenario.train_indices(ctx.phase)
-        n = ctx.memory.spec.quota(ctx.n_seen) * ctx.n_new
-        picks = torch.randint(len(new), (n,), generator=ctx.generator("aanets-balanced")).numpy()
-        return np.concatenate([new[picks], ctx.memory.indices()])
+        picks = torch.randint(len(new), (k * ctx.n_new,), generator=ctx.generator("aanets-balanced")).numpy()
+        return np.concatenate([new[picks], old])
 
     def aggregation_loss(self, out: dict[str, Any], y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out["logits"], y)
@@ -185,9 +187,25 @@ class AANetsMixin(Learner):
         finally:
             self.net.train(was_training)
 
+    def after_phase(self, ctx: PhaseContext) -> None:
+        super().after_phase(ctx)
+        if self.aanets is not None:
+            self.aggregation_log.append({"phase": ctx.phase, "weights": self.aanets.aggregation.detach().tolist()})
+
+    @property
+    def aggregation_log(self) -> list[dict[str, Any]]:
+        """Each incremental phase's aggregation weights a_k (stable share per level) at its end."""
+        if not hasattr(self, "_aggregation_log"):
+            self._aggregation_log: list[dict[str, Any]] = []
+        return self._aggregation_log
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "aanets": {"aggregation": self.aggregation_log}}
+
     # --- state: the converted structure and the aggregation optimiser's momentum -----------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        state["aggregation_log"] = self.aggregation_log
         state["aanets"] = self.aanets is not None
         opt = self.aggregation_optimizer
         state["aggregation_optimizer"] = None if opt is None else opt.state_dict()
@@ -197,6 +215,7 @@ class AANetsMixin(Learner):
         if state["aanets"] and self.aanets is None:
             self._convert()
         super().load_state_dict(state)
+        self._aggregation_log = list(state.get("aggregation_log", []))
         self.aggregation_optimizer = None
         if state["aggregation_optimizer"] is not None:
             self._new_aggregation_optimizer(0.0)  # the saved state restores the weight decay and momentum
