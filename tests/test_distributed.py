@@ -211,7 +211,7 @@ def seed_cams(tiny_scenes, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tiny_scenes, seed_cams, tmp_path_factory, one_process) -> Path:  # after one_process: its imports are forked
+def two_ranks(tiny_scenes, seed_cams, tmp_path_factory, one_process) -> Path:  # after one_process: forks its imports
     out = tmp_path_factory.mktemp("two_ranks")
     codes = run_two_ranks(_job_two_ranks, tiny_scenes, seed_cams, out, report=out / "report")
     errors = [p.read_text() for p in (out / "report").glob("*.json")]

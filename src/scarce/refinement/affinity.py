@@ -221,7 +221,7 @@ class AffinityTrainConfig:
     """Affinity network training; defaults and departures from IRN / AffinityNet in the module docstring."""
 
     epochs: int = 5
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch under torchrun, split over the ranks
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.0
