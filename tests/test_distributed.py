@@ -76,12 +76,18 @@ def fixed_model(num_classes: int) -> CamClassifier:
     return model.eval()
 
 
-def walk_context(scenes: Path, cams: Path, work_dir: Path, loaded: list[str] | None = None) -> RefineContext:
-    """The refiners' context of the fixed classifier, with ground-truth seeds; ``loaded`` notes each image read."""
+def train_split(scenes: Path, loaded: list[str] | None = None):
+    """The training split; ``loaded`` notes the stem of every image read from it."""
     train = open_dataset("scenes", scenes, "train")
     if loaded is not None:
         read = train.load_image
         train.load_image = lambda sample: loaded.append(sample.stem) or read(sample)
+    return train
+
+
+def walk_context(scenes: Path, cams: Path, work_dir: Path, loaded: list[str] | None = None) -> RefineContext:
+    """The refiners' context of the fixed classifier, with ground-truth seeds; ``loaded`` notes each image read."""
+    train = train_split(scenes, loaded)
     return RefineContext(model=fixed_model(train.num_classes), datasets=lambda split: train, cam_dir=lambda split: cams,
                          work_dir=work_dir, confident=(0.5, 0.2), progress=False)
 
@@ -148,9 +154,7 @@ def _job_prepare(scenes: Path, cams: Path, out: Path) -> None:
     rank at once); each rank notes the images it read and the prototypes it holds."""
     rank = world().rank
     loaded: list[str] = []
-    train = open_dataset("scenes", scenes, "train")
-    read = train.load_image
-    train.load_image = lambda sample: loaded.append(sample.stem) or read(sample)
+    train = train_split(scenes, loaded)
     method = LpCam(LPCAM)
     prepare_on_ranks(method, fixed_model(train.num_classes), train, out / "lpcam")
     (out / "lpcam" / f"loaded{rank}.json").write_text(json.dumps(loaded))
