@@ -1,4 +1,5 @@
-"""torchrun semantics, checked with 2 gloo processes on the CPU against one process.
+"""torchrun semantics, checked with 2 gloo processes on the CPU against one process: the classifier, CAMs, a
+CIL learner, LPCAM's prototypes and the random walk's affinity network, a rank that dies.
 
 The 2-process jobs start with the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*) and
 join through :func:`scarce.distributed.session`, as ``torchrun -m scarce`` does. The reference is computed
@@ -22,15 +23,19 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from scarce.cams import CamConfig
-from scarce.cams.store import load_cam
+from scarce.cams.store import load_cam, save_cam
 from scarce.cil.data import Preprocess
 from scarce.cil.trainer import Trainer
 from scarce.data.base import open_dataset
-from scarce.distributed import World, batch_part, lost_peer, resolve_device, session, world
+from scarce.distributed import World, batch_part, lost_peer, prepare_on_ranks, resolve_device, session, world
 from scarce.errors import ConfigError, ScarceError
 from scarce.lock import LOCK_NAME, run_lock
-from scarce.models import CamClassifier, GlobalAvgPool
+from scarce.methods.lpcam import LpCam
+from scarce.models import CamClassifier, GlobalAvgPool, ModelConfig, build_classifier
 from scarce.pipeline import extract_cams
+from scarce.refinement import RefineContext, RefinerChain, RefineStep
+from scarce.refinement import random_walk as random_walk_module
+from scarce.refinement.affinity import AffinityNet, BackboneLevels
 from scarce.training import AugmentConfig, TrainConfig, load_trained, train_classifier
 from scarce.training.losses import MultiLabelObjective
 
@@ -53,6 +58,38 @@ def fresh_model(num_classes: int) -> CamClassifier:
     model = CamClassifier(backbone, 16, num_classes, GlobalAvgPool(), ((0.5,) * 3, (0.25,) * 3))
     nn.init.normal_(model.classifier.weight, std=0.1)  # not the zero start: the backbone learns from step 1
     return model
+
+
+# LPCAM with a reservoir small enough to sample (its sample depends on the order of the stream); batches of 3:
+# the 14 training images make 5 batches, dealt 0, 2, 4 and 1, 3 (rank 1 sits out the last round)
+LPCAM = CamConfig(method="lpcam", options={"k": 3, "max_features": 6, "max_iter": 10, "batch_size": 3})
+# the affinity network: global batches of 5 (parts of 2 and 3), the last one of 4, random crops of 48 px
+WALK = RefineStep("random_walk", {"train": {"epochs": 2, "batch_size": 5, "level_dim": 8, "embed_dim": 16,
+                                            "crop_size": 48, "seed": 3}})
+
+
+def fixed_model(num_classes: int) -> CamClassifier:
+    """The same untrained timm classifier in every process (the affinity network reads timm's feature_info)."""
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(backbone="test_efficientnet", pretrained=None), num_classes)
+    nn.init.normal_(model.classifier.weight, std=0.1)
+    return model.eval()
+
+
+def train_split(scenes: Path, loaded: list[str] | None = None):
+    """The training split; ``loaded`` notes the stem of every image read from it."""
+    train = open_dataset("scenes", scenes, "train")
+    if loaded is not None:
+        read = train.load_image
+        train.load_image = lambda sample: loaded.append(sample.stem) or read(sample)
+    return train
+
+
+def walk_context(scenes: Path, cams: Path, work_dir: Path, loaded: list[str] | None = None) -> RefineContext:
+    """The refiners' context of the fixed classifier, with ground-truth seeds; ``loaded`` notes each image read."""
+    train = train_split(scenes, loaded)
+    return RefineContext(model=fixed_model(train.num_classes), datasets=lambda split: train, cam_dir=lambda split: cams,
+                         work_dir=work_dir, confident=(0.5, 0.2), progress=False)
 
 
 def cil_config():
@@ -112,10 +149,41 @@ def _job_train_and_extract(scenes: Path, out: Path) -> None:
     Trainer(cil_config(), out / "cil", progress=False).run()
 
 
-def _job_two_ranks(scenes: Path, out: Path) -> None:
-    """The 2-rank job (one, as each start costs seconds of imports): the equivalence runs, then a training in
-    which rank 1 dies after step 5 (the last checkpoint is step 4); rank 0 must stop with a report, not hang."""
+def _job_prepare(scenes: Path, cams: Path, out: Path) -> None:
+    """LPCAM's prototypes and the affinity network of the fixed classifier, prepared as the pipeline does (every
+    rank at once); each rank notes the images it read and the prototypes it holds."""
+    rank = world().rank
+    loaded: list[str] = []
+    train = train_split(scenes, loaded)
+    method = LpCam(LPCAM)
+    prepare_on_ranks(method, fixed_model(train.num_classes), train, out / "lpcam")
+    (out / "lpcam" / f"loaded{rank}.json").write_text(json.dumps(loaded))
+    torch.save(method.prototypes, out / "lpcam" / f"prototypes{rank}.pt")
+
+    loaded = []
+    prepare_on_ranks(RefinerChain([WALK]), walk_context(scenes, cams, out / "walk", loaded))
+    (out / "walk" / f"loaded{rank}.json").write_text(json.dumps(loaded))
+
+
+def _job_two_ranks(scenes: Path, cams: Path, out: Path) -> None:
+    """The 2-rank job (one, as each start costs seconds of imports): the equivalence runs, an affinity training
+    stopped after its first epoch, then a training in which rank 1 dies after step 5 (the last checkpoint is
+    step 4); rank 0 must stop with a report, not hang."""
     _job_train_and_extract(scenes, out)
+    _job_prepare(scenes, cams, out)
+
+    class Stopped(Exception):
+        pass
+
+    def stop(epoch: int) -> None:
+        raise Stopped
+
+    train_affinity = random_walk_module.train_affinity  # patched in this forked process only
+    random_walk_module.train_affinity = lambda *args, **kwargs: train_affinity(*args, **kwargs, on_epoch=stop)
+    try:
+        prepare_on_ranks(RefinerChain([WALK]), walk_context(scenes, cams, out / "walk_stopped"))
+    except Stopped:
+        pass
     data = open_dataset("scenes", scenes, "train")
 
     def die(epoch: int, step: int) -> None:
@@ -135,18 +203,31 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tiny_scenes, tmp_path_factory, one_process) -> Path:  # after one_process: its imports are forked
+def seed_cams(tiny_scenes, tmp_path_factory) -> Path:
+    """Seed CAMs of the training images for the affinity network: their ground-truth masks."""
+    out = tmp_path_factory.mktemp("seed_cams")
+    train = open_dataset("scenes", tiny_scenes, "train")
+    for sample in train.samples:
+        mask = train.load_mask(sample)
+        save_cam(out / f"{sample.stem}.npz", np.stack([(mask == c + 1).astype(np.float32) for c in sample.labels]),
+                 list(sample.labels))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_scenes, seed_cams, tmp_path_factory, one_process) -> Path:  # after one_process: forks its imports
     out = tmp_path_factory.mktemp("two_ranks")
-    codes = run_two_ranks(_job_two_ranks, tiny_scenes, out, report=out / "report")
+    codes = run_two_ranks(_job_two_ranks, tiny_scenes, seed_cams, out, report=out / "report")
     errors = [p.read_text() for p in (out / "report").glob("*.json")]
     assert codes == [1, 3], errors  # rank 1 died on purpose at the end; rank 0 reported it
     return out
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_scenes, tmp_path_factory) -> Path:
+def one_process(tiny_scenes, seed_cams, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one_process")
     _job_train_and_extract(tiny_scenes, out)
+    _job_prepare(tiny_scenes, seed_cams, out)
     return out
 
 
@@ -205,6 +286,64 @@ def test_two_ranks_train_the_cil_learner_of_one_process(two_ranks, one_process):
     assert two["rows"] == one["rows"]
     assert json.loads((two_ranks / "cil" / "acc_matrix.json").read_text())["heads"] == \
         json.loads((one_process / "cil" / "acc_matrix.json").read_text())["heads"]
+
+
+def test_two_ranks_fit_the_lpcam_prototypes_of_one_process(two_ranks, one_process, tiny_scenes):
+    """Each rank computed the features of the batches dealt to it, and rank 0 streamed them into the reservoir
+    in one process's order: the same prototypes, bit for bit, in lpcam.pt and in both ranks."""
+    one = torch.load(one_process / "lpcam" / "lpcam.pt", weights_only=True)
+    two = torch.load(two_ranks / "lpcam" / "lpcam.pt", weights_only=True)
+    assert one["prototypes"].keys() == two["prototypes"].keys()
+    for rank in range(2):
+        held = torch.load(two_ranks / "lpcam" / f"prototypes{rank}.pt", weights_only=True)
+        for key, value in one["prototypes"].items():
+            assert torch.equal(two["prototypes"][key], value) and torch.equal(held[key], value), (rank, key)
+    assert two["stats"] == one["stats"]
+    assert len(one["prototypes"]["fg"]) and len(one["prototypes"]["context"])
+    stems = [sample.stem for sample in open_dataset("scenes", tiny_scenes, "train").samples]
+    assert len(stems) == 14  # images of one size: batches of 3 consecutive images, the last one of 2
+    batches = [stems[i:i + 3] for i in range(0, 14, 3)]
+    assert json.loads((two_ranks / "lpcam" / "loaded0.json").read_text()) == batches[0] + batches[2] + batches[4]
+    assert json.loads((two_ranks / "lpcam" / "loaded1.json").read_text()) == batches[1] + batches[3]
+
+
+def test_lpcam_prototypes_depend_on_the_order_of_the_stream(one_process, tiny_scenes):
+    """Why the rows must reach rank 0 in the global order: rank 0's batches first, then rank 1's, fill the
+    reservoir with another sample, and other prototypes come out."""
+    train = open_dataset("scenes", tiny_scenes, "train")
+    samples = train.samples
+    rank_major = [samples[i] for start in (0, 6, 12, 3, 9) for i in range(start, min(start + 3, 14))]
+    prototypes = LpCam(LPCAM).fit(fixed_model(train.num_classes), train.subset(rank_major))
+    one = torch.load(one_process / "lpcam" / "lpcam.pt", weights_only=True)["prototypes"]
+    assert not all(torch.equal(prototypes[key], one[key]) for key in ("fg", "context"))
+
+
+def test_two_ranks_train_the_affinity_network_of_one_process(two_ranks, one_process, tiny_scenes):
+    """Each rank read only its part of each global batch (parts of 2 and 3 of batches 5, 5, 4 per epoch) and
+    the two reached one process's affinity network."""
+    two = torch.load(two_ranks / "walk" / "random_walk" / "affinity.pt", weights_only=False)
+    one = torch.load(one_process / "walk" / "random_walk" / "affinity.pt", weights_only=False)
+    assert two["identity"] == one["identity"]
+    assert_same_weights(two["net"], one["net"], atol=1e-5)
+    train = open_dataset("scenes", tiny_scenes, "train")
+    with torch.random.fork_rng(devices=[]):  # the refiner's initial network (seeded by train.seed)
+        torch.manual_seed(3)
+        initial = AffinityNet(BackboneLevels(fixed_model(train.num_classes)).channels, 8, 16).state_dict()
+    assert all((one["net"][key] - initial[key]).abs().max() > 1e-3 for key in initial)  # every layer trained
+    stems = sorted(sample.stem for sample in train.samples)
+    rank0 = json.loads((two_ranks / "walk" / "loaded0.json").read_text())
+    rank1 = json.loads((two_ranks / "walk" / "loaded1.json").read_text())
+    assert (len(rank0), len(rank1)) == (2 * (2 + 2 + 2), 2 * (3 + 3 + 2))
+    for epoch in range(2):  # each epoch every image once, by one of the ranks
+        assert sorted(rank0[6 * epoch:6 * epoch + 6] + rank1[8 * epoch:8 * epoch + 8]) == stems
+
+
+def test_an_affinity_checkpoint_of_two_ranks_resumes_in_one_process(two_ranks, one_process, tiny_scenes, seed_cams):
+    """Stopped after epoch 1 in 2 processes, finished in one: the network of one uninterrupted process."""
+    chain = RefinerChain([WALK])
+    chain.prepare(walk_context(tiny_scenes, seed_cams, two_ranks / "walk_stopped"))
+    one = torch.load(one_process / "walk" / "random_walk" / "affinity.pt", weights_only=False)
+    assert_same_weights(chain.refiners[0].net.state_dict(), one["net"], atol=1e-5)
 
 
 # -- a rank that dies ------------------------------------------------------------------------------

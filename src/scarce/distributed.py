@@ -22,7 +22,12 @@ Every trainer and extraction loop of scarce calls this module and nothing else f
   classifier's default) has nothing to sync. torch's own ``SyncBatchNorm`` runs on CUDA only and replaces
   modules; this runs with gloo on CPU too, so the equivalence is tested where the CI runs.
 - **Extraction** splits its work with :func:`shard`: whole batches, dealt round-robin to ranks, so each image
-  is computed in the very batch one process would put it in, and the files are the same.
+  is computed in the very batch one process would put it in, and the files are the same. Where one
+  consumer needs every batch's result in order (LPCAM's reservoir of features), :func:`gather_in_order`
+  brings them to rank 0 round by round, in the order of one process.
+- **Fitted state** (a CAM method's or refiner's ``prepare``, see :func:`prepare_on_ranks`) is either
+  computed by every rank at once on its share (``shards_prepare``), or by rank 0 first and loaded from its
+  cache by the others.
 """
 
 from __future__ import annotations
@@ -156,6 +161,19 @@ def main_first(action, *args, **kwargs):
     return result if w.is_main else action(*args, **kwargs)
 
 
+def prepare_on_ranks(stateful, *args) -> None:
+    """``stateful.prepare(*args)`` in every rank of the job (a CAM method, a refiner).
+
+    One whose ``shards_prepare`` is true splits the work itself (LPCAM's feature collection, the affinity
+    network's training) and runs in every rank at once; any other runs on rank 0 first, then on the others,
+    which find what rank 0 cached (:func:`main_first`).
+    """
+    if getattr(stateful, "shards_prepare", False):
+        stateful.prepare(*args)
+    else:
+        main_first(stateful.prepare, *args)
+
+
 def on_main(action, *args, **kwargs) -> None:
     """Run ``action`` on rank 0 only (writing scores, reports, markers); the others wait for it."""
     main_first(lambda: action(*args, **kwargs) if world().is_main else None)
@@ -163,10 +181,40 @@ def on_main(action, *args, **kwargs) -> None:
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """The sum of ``values`` over ranks (``values`` itself in one process)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
+
+
+def all_max(values: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of ``values`` over ranks (``values`` itself in one process)."""
+    return _all_reduce(values, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: torch.Tensor, op) -> torch.Tensor:
     if world().size > 1:
         values = values.clone()
-        dist.all_reduce(values)
+        dist.all_reduce(values, op)
     return values
+
+
+def gather_in_order(results: Iterable[T], total: int) -> Iterator[T]:
+    """On rank 0, the results of ``total`` items dealt by :func:`shard`, in the items' order; nothing elsewhere.
+
+    ``results`` are this rank's results of its items, in order, computed lazily: each round takes the next
+    result of every rank to rank 0 (``gather_object``; rank r's item of round t is item t·N + r), so rank 0
+    receives exactly the stream one process computes, while holding at most N results at a time. Every rank
+    must iterate to the end (each round is a collective).
+    """
+    w = world()
+    if w.size == 1:
+        yield from results
+        return
+    mine = iter(results)
+    for first in range(0, total, w.size):
+        result = next(mine) if first + w.rank < total else None
+        received: list | None = [None] * w.size if w.is_main else None
+        dist.gather_object(result, received, dst=0)
+        if received is not None:
+            yield from received[: total - first]
 
 
 # -- gradients --------------------------------------------------------------------------------------

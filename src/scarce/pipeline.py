@@ -49,9 +49,9 @@ from tqdm.auto import tqdm
 from scarce.cams import CamConfig, CamExtractor, CamMethod, build_cam_method
 from scarce.cams.store import load_cam, save_cam
 from scarce.config import from_dict, load_yaml, merge, store_run_config, to_dict
-from scarce.data.base import Sample, WeakDataset, image_size, open_dataset
+from scarce.data.base import Sample, WeakDataset, open_dataset, same_size_groups
 from scarce.data.scenes import ScenesConfig, generate_scenes
-from scarce.distributed import barrier, main_first, on_main, resolve_device, shard, world
+from scarce.distributed import barrier, main_first, on_main, prepare_on_ranks, resolve_device, shard, world
 from scarce.errors import ConfigError, DataError, ScarceError
 from scarce.io import IGNORE_INDEX, read_json, read_label_png, write_json
 from scarce.layout import COMPLETE, RunLayout, clear_complete, is_complete, mark_complete
@@ -294,8 +294,8 @@ class Run:
         bind = getattr(method, "bind", None)
         if bind is not None:  # methods that read trained extra modules (e.g. ReCAM's second classifier)
             bind(objective)
-        with self._timed("prepare"):  # rank 0 fits (and caches) what the method learns; the others find it
-            main_first(method.prepare, model, self.dataset(self.cfg.data.train_split), self.layout.cam_prepare)
+        with self._timed("prepare"):  # every rank fits its share, or rank 0 fits and caches it (prepare_on_ranks)
+            prepare_on_ranks(method, model, self.dataset(self.cfg.data.train_split), self.layout.cam_prepare)
         return method
 
     def prepared_cam_method(self) -> CamMethod:
@@ -414,8 +414,8 @@ class Run:
         for split in todo:
             self.extract_cams(split)
         chain = RefinerChain(self.cfg.refine)
-        with self._timed("refine_prepare"):  # rank 0 trains (and stores) what refiners learn; the others load it
-            main_first(chain.prepare, self.refine_context())
+        with self._timed("refine_prepare"):  # each refiner: trained by every rank, or by rank 0 and then loaded
+            prepare_on_ranks(chain, self.refine_context())
         for split in todo:
             out = self.layout.refined(split)
             with self._timed(f"refine_{split}"):
@@ -662,22 +662,8 @@ def batches_of_same_size(dataset: WeakDataset, batch_size: int) -> Iterator[list
     Under torchrun each rank gets every N-th batch (:func:`scarce.distributed.shard`): the grouping is that of
     one process, and an image is loaded only by the rank that processes it.
     """
-    for batch in shard(_same_size_groups(dataset, batch_size)):
+    for batch in shard(same_size_groups(dataset, batch_size)):
         yield [(sample, dataset.load_image(sample)) for sample in batch]
-
-
-def _same_size_groups(dataset: WeakDataset, batch_size: int) -> Iterator[list[Sample]]:
-    batch: list[Sample] = []
-    size: tuple[int, int] | None = None
-    for sample in dataset.samples:
-        sample_size = image_size(sample.image_path)  # from the header: no rank decodes another's images
-        if batch and (len(batch) == batch_size or size != sample_size):
-            yield batch
-            batch = []
-        batch.append(sample)
-        size = sample_size
-    if batch:
-        yield batch
 
 
 def extract_cams(model: CamClassifier, dataset: WeakDataset, cfg: CamConfig, out_dir: str | Path,

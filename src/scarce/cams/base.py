@@ -46,6 +46,9 @@ class CamMethod:
 
     name = "base"
     needs_grad = False
+    # under torchrun: prepare runs in every rank at once and splits its work itself (LPCAM); otherwise rank 0
+    # prepares first and the other ranks after it (scarce.distributed.prepare_on_ranks)
+    shards_prepare = False
 
     def __init__(self, cfg: CamConfig) -> None:
         self.cfg = cfg
@@ -66,7 +69,10 @@ class CamMethod:
         return F.relu(maps)
 
     def prepare(self, model: CamModel, train_set: "WeakDataset", work_dir: Path) -> None:
-        """Fit whatever the method learns from the training split (e.g. LPCAM's prototypes); default: nothing."""
+        """Fit whatever the method learns from the training split (e.g. LPCAM's prototypes); default: nothing.
+
+        Under torchrun it is called through :func:`scarce.distributed.prepare_on_ranks` (see ``shards_prepare``).
+        """
 
 
 CAM_METHODS: dict[str, Callable[[CamConfig], CamMethod]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -128,6 +128,25 @@ def image_size(path: Path) -> tuple[int, int]:
     except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+
+
+def same_size_groups(dataset: WeakDataset, batch_size: int) -> Iterator[list[Sample]]:
+    """Consecutive samples of equal image size, at most ``batch_size`` a group, so that a batch is one tensor.
+
+    The sizes come from the headers (:func:`image_size`): under torchrun every rank knows every batch, so
+    that the batches can be dealt to ranks (:func:`scarce.distributed.shard`), without decoding any image.
+    """
+    batch: list[Sample] = []
+    size: tuple[int, int] | None = None
+    for sample in dataset.samples:
+        sample_size = image_size(sample.image_path)
+        if batch and (len(batch) == batch_size or size != sample_size):
+            yield batch
+            batch = []
+        batch.append(sample)
+        size = sample_size
+    if batch:
+        yield batch
 
 
 def read_class_names(path: str | Path, comment: str | None = None) -> tuple[str, ...]:

@@ -26,6 +26,14 @@ which the max-normalisation makes the same.)
 
 The foreground/context split uses the scale-1 CAM of the very forward pass that yields the features (LPCAM
 uses the multi-scale IRN CAM resized to the feature grid), which saves a multi-scale pass over the split.
+
+Several processes (``torchrun``): the collection is sharded like CAM extraction. The split's batches (runs
+of equal-sized images, from the headers) are dealt round-robin, each rank computes the features of its
+batches, and each round brings every rank's batch of feature rows and foreground masks to rank 0 in the
+global batch order (:func:`scarce.distributed.gather_in_order`): the reservoir, whose sampling depends on
+the order of the stream, receives exactly one process's stream, so the prototypes are bit-identical to one
+process's (tested), and rank 0 holds at most one batch per rank besides the reservoir. Rank 0 clusters and
+writes ``lpcam.pt``; the other ranks load it.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -42,8 +50,12 @@ import torch.nn.functional as F
 
 from scarce.cams.base import CamConfig, CamMethod, register_cam_method
 from scarce.config import from_dict
-from scarce.errors import ConfigError
+from scarce.data.base import same_size_groups
+from scarce.distributed import barrier, gather_in_order, main_first, shard, world
+from scarce.errors import ConfigError, ScarceError
+from scarce.io import save_torch
 from scarce.models.classifier import CamModel, class_maps
+from scarce.training.transforms import to_tensor
 
 
 @dataclass(frozen=True)
@@ -168,23 +180,11 @@ def select_prototypes(centres: torch.Tensor, class_weights: torch.Tensor, class_
     return centres[keep]
 
 
-def _image_batches(dataset, batch_size: int, mean_std) -> Iterator[tuple[list, torch.Tensor]]:
-    from scarce.training.transforms import to_tensor
-
-    batch: list = []
-    for sample in dataset.samples:
-        image = dataset.load_image(sample)
-        if batch and (len(batch) == batch_size or batch[0][1].shape != image.shape):
-            yield [s for s, _ in batch], torch.stack([to_tensor(i, mean_std) for _, i in batch])
-            batch = []
-        batch.append((sample, image))
-    if batch:
-        yield [s for s, _ in batch], torch.stack([to_tensor(i, mean_std) for _, i in batch])
-
-
 @register_cam_method("lpcam")
 class LpCam(CamMethod):
     """Class and context prototypes: LPCAM_c = mean cos(F, class protos of c) − mean cos(F, context protos of c)."""
+
+    shards_prepare = True  # every rank computes the features of its share of the batches (module docstring)
 
     def __init__(self, cfg: CamConfig, options: LpcamOptions | None = None) -> None:
         super().__init__(cfg)
@@ -193,29 +193,52 @@ class LpCam(CamMethod):
         self.stats: dict[str, Any] = {}
 
     # -- fitting ------------------------------------------------------------------------------------
-    def collect(self, model: CamModel, dataset) -> Reservoir:
-        """Stream the split once, filling the per-class foreground/context reservoirs."""
+    def collect(self, model: CamModel, dataset) -> Reservoir | None:
+        """Stream the split once into the per-class foreground/context reservoirs.
+
+        Under torchrun each rank computes the batches :func:`~scarce.distributed.shard` deals it and rank 0
+        receives them in the order of one process (:func:`~scarce.distributed.gather_in_order`): the
+        reservoir, which rank 0 alone returns (None elsewhere), is the one a single process fills.
+        """
         opts = self.options
         weights = model.class_weights.detach()
-        reservoir = Reservoir(opts.max_features, weights.shape[1], opts.seed)
+        device = weights.device
+        batches = list(same_size_groups(dataset, opts.batch_size))
+
+        @torch.no_grad()
+        def pixels_of(batch: list) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+            """Per image: its classes, its (h·w, D) feature rows and each class's (h·w,) foreground mask."""
+            images = torch.stack([to_tensor(dataset.load_image(sample), model.mean_std) for sample in batch])
+            features = model.features(images.to(device))
+            cams = F.relu(class_maps(weights, features))
+            cams = cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
+            return [(list(sample.labels), features[b].flatten(1).T.cpu().numpy(),
+                     (cams[b, list(sample.labels)].flatten(1) > opts.select_thres).cpu().numpy())
+                    for b, sample in enumerate(batch)]
+
         model.eval()
-        with torch.no_grad():
-            for samples, images in _image_batches(dataset, opts.batch_size, model.mean_std):
-                features = model.features(images)
-                cams = F.relu(class_maps(weights, features))
-                cams = cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
-                for b, sample in enumerate(samples):
-                    pixels = features[b].flatten(1).T  # (h·w, D)
-                    for c in sample.labels:
-                        foreground = (cams[b, c].flatten() > opts.select_thres)
-                        reservoir.add((c, "fg"), pixels[foreground].numpy())
-                        reservoir.add((c, "context"), pixels[~foreground].numpy())
+        stream = gather_in_order((pixels_of(batch) for batch in shard(batches)), len(batches))
+        if not world().is_main:
+            for _ in stream:  # takes part in every round; rank 0 receives the rows
+                pass
+            return None
+        reservoir = Reservoir(opts.max_features, weights.shape[1], opts.seed)
+        for images in stream:
+            for labels, pixels, foreground in images:
+                for c, mask in zip(labels, foreground):
+                    reservoir.add((c, "fg"), pixels[mask])
+                    reservoir.add((c, "context"), pixels[~mask])
         return reservoir
 
-    def fit(self, model: CamModel, dataset) -> dict[str, torch.Tensor]:
-        opts = self.options
+    def fit(self, model: CamModel, dataset) -> dict[str, torch.Tensor] | None:
+        """Collect the features (every rank its share) and cluster them (rank 0, which alone returns the prototypes)."""
         reservoir = self.collect(model, dataset)
-        weights = model.class_weights.detach().float()
+        return None if reservoir is None else self.cluster(model, reservoir)
+
+    def cluster(self, model: CamModel, reservoir: Reservoir) -> dict[str, torch.Tensor]:
+        """Cluster each class's foreground and context features and keep the centres the classifier selects."""
+        opts = self.options
+        weights = model.class_weights.detach().float().cpu()
         generator = torch.Generator().manual_seed(opts.seed)
         parts: dict[str, list[torch.Tensor]] = {"fg": [], "fg_owner": [], "context": [], "context_owner": []}
         stats: dict[str, Any] = {"peak_reservoir_bytes": reservoir.nbytes, "classes": {}}
@@ -247,22 +270,40 @@ class LpCam(CamMethod):
         return self.prototypes
 
     def prepare(self, model: CamModel, train_set, work_dir: Path) -> None:
-        """Fit the prototypes on ``train_set`` (cached in ``work_dir/lpcam.pt`` for this model and options)."""
-        work_dir = Path(work_dir)
-        key = self._fingerprint(model)
-        path = work_dir / "lpcam.pt"
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("fingerprint") == key:
-                self.prototypes, self.stats = saved["prototypes"], saved.get("stats", {})
-                return
-        self.fit(model, train_set)
-        from scarce.io import save_torch
+        """Fit the prototypes on ``train_set`` (cached in ``work_dir/lpcam.pt`` for this model and options).
 
-        save_torch(path, {"fingerprint": key, "prototypes": self.prototypes, "stats": self.stats})
+        Under torchrun every rank calls it at once (``shards_prepare``): all take part in the collection,
+        rank 0 clusters and writes the cache, and the other ranks then load it.
+        """
+        path = Path(work_dir) / "lpcam.pt"
+        key = self._fingerprint(model)
+        cached = self._load(path, key)
+        barrier()  # every rank has looked at the cache before rank 0 may rewrite it: all take the same branch
+        if cached:
+            return
+        fitted = self.fit(model, train_set)
+
+        def save_or_load() -> None:
+            if fitted is not None:
+                save_torch(path, {"fingerprint": key, "prototypes": self.prototypes, "stats": self.stats})
+            elif not self._load(path, key):
+                raise ScarceError(f"{path}: rank 0 wrote LPCAM's prototypes there, but this process cannot read them; "
+                                  "the run folder must be on a filesystem that every process of the job sees")
+
+        main_first(save_or_load)
+
+    def _load(self, path: Path, key: str) -> bool:
+        """Take the prototypes of ``path`` when they were fitted for this model and these options."""
+        if not path.is_file():
+            return False
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") != key:
+            return False
+        self.prototypes, self.stats = saved["prototypes"], saved.get("stats", {})
+        return True
 
     def _fingerprint(self, model: CamModel) -> str:
-        digest = hashlib.sha1(model.class_weights.detach().float().numpy().tobytes()).hexdigest()
+        digest = hashlib.sha1(model.class_weights.detach().float().cpu().numpy().tobytes()).hexdigest()
         return json.dumps({"options": asdict(self.options), "weights": digest}, sort_keys=True)
 
     # -- maps ---------------------------------------------------------------------------------------
@@ -286,8 +327,8 @@ class LpCam(CamMethod):
         for kind, sign in (("fg", 1.0), ("context", -1.0)):
             if len(protos[kind]) == 0:
                 continue
-            similarity = class_maps(F.normalize(protos[kind], dim=1), features)
-            average = self.averaging(protos[f"{kind}_owner"], num_classes)[picked]
+            similarity = class_maps(F.normalize(protos[kind].to(features.device), dim=1), features)
+            average = self.averaging(protos[f"{kind}_owner"], num_classes)[picked].to(features.device)
             maps = maps + sign * class_maps(average, similarity)
         return maps
 

@@ -37,8 +37,10 @@ What the official code does, and what is kept here:
   affinity is a path maximum of boundary scores that generalises along the path; AffinityNet trains and
   infers at the same radius (5 at its stride 8), which is the model used here.
 
-Training is resumable with identical weights: sample order and flips are functions of (seed, epoch,
+Training is resumable with identical weights: sample order, flips and crops are functions of (seed, epoch,
 index), a checkpoint is written atomically after every epoch, and a resumed run continues at the next epoch.
+Under ``torchrun`` it is sharded like the classifier's training (:func:`train_affinity`): each rank takes
+its part of every global batch, and N processes train one process's network to float tolerance (tested).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from tqdm.auto import tqdm
 
 from scarce.cams.store import load_cam
 from scarce.data.base import WeakDataset
+from scarce.distributed import all_max, all_sum, barrier, batch_part, check_batch, sum_gradients, world
 from scarce.errors import ConfigError, ScarceError, TrainingError
 from scarce.io import IGNORE_INDEX, save_torch
 from scarce.models.classifier import CamClassifier
@@ -122,11 +125,22 @@ def affinity_labels(labels: torch.Tensor, offsets: Sequence[Offset]) -> tuple[to
     return tuple(torch.stack(group, dim=1).float() for group in (bg, fg, neg))  # type: ignore[return-value]
 
 
-def balanced_affinity_loss(aff: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """AffinityNet's loss: the three pair groups weighted 1/4, 1/4, 1/2, each averaged over its own pairs."""
-    bg_loss = (-bg * torch.log(aff + 1e-5)).sum() / (bg.sum() + 1e-5)
-    fg_loss = (-fg * torch.log(aff + 1e-5)).sum() / (fg.sum() + 1e-5)
-    neg_loss = (-neg * torch.log(1.0 + 1e-5 - aff)).sum() / (neg.sum() + 1e-5)
+def pair_counts(bg: torch.Tensor, fg: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """(3,) the numbers of background-positive, foreground-positive and negative pairs."""
+    return torch.stack([bg.sum(), fg.sum(), neg.sum()])
+
+
+def balanced_affinity_loss(aff: torch.Tensor, bg: torch.Tensor, fg: torch.Tensor, neg: torch.Tensor,
+                           counts: torch.Tensor | None = None) -> torch.Tensor:
+    """AffinityNet's loss: the three pair groups weighted 1/4, 1/4, 1/2, each averaged over its own pairs.
+
+    ``counts`` are the pair counts the three sums are divided by: by default this batch's (:func:`pair_counts`);
+    under torchrun those of the whole global batch, so that the ranks' losses add up to the batch's loss.
+    """
+    counts = pair_counts(bg, fg, neg) if counts is None else counts
+    bg_loss = (-bg * torch.log(aff + 1e-5)).sum() / (counts[0] + 1e-5)
+    fg_loss = (-fg * torch.log(aff + 1e-5)).sum() / (counts[1] + 1e-5)
+    neg_loss = (-neg * torch.log(1.0 + 1e-5 - aff)).sum() / (counts[2] + 1e-5)
     return bg_loss / 4 + fg_loss / 4 + neg_loss / 2
 
 
@@ -207,7 +221,7 @@ class AffinityTrainConfig:
     """Affinity network training; defaults and departures from IRN / AffinityNet in the module docstring."""
 
     epochs: int = 5
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch under torchrun, split over the ranks
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.0
@@ -257,10 +271,11 @@ class SeedPairs(torch.utils.data.Dataset):
         return both[:3], torch.from_numpy(labels).long()
 
 
-def pad_batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of different sizes in one batch: padded with 0 at the bottom and right, their labels with 255."""
-    height = max(image.shape[1] for image, _ in items)
-    width = max(image.shape[2] for image, _ in items)
+def pad_batch(items: list[tuple[torch.Tensor, torch.Tensor]],
+              size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of different sizes in one batch: padded with 0 at the bottom and right to ``size`` (height, width;
+    default: the largest item's), their labels with 255."""
+    height, width = size or (max(image.shape[1] for image, _ in items), max(image.shape[2] for image, _ in items))
     h, w = grid_size(height, width)
     images = torch.stack([F.pad(im, (0, width - im.shape[2], 0, height - im.shape[1])) for im, _ in items])
     labels = torch.stack([F.pad(lab, (0, w - lab.shape[1], 0, h - lab.shape[0]), value=IGNORE_INDEX) for _, lab in items])
@@ -275,13 +290,24 @@ def train_affinity(net: AffinityNet, levels: BackboneLevels, pairs: SeedPairs, c
     A ``checkpoint.pt`` is written after every epoch and resumed from; ``identity`` (thresholds, split,
     backbone checksum, config) is stored in it, and a checkpoint made with another one is refused.
     ``on_epoch(epoch)`` runs after each epoch's checkpoint (tests use it to simulate a kill).
+
+    Under torchrun every rank calls it with the same arguments and trains on its part of every global batch
+    of ``batch_size`` pairs, as :func:`scarce.training.train_classifier` does: each rank pads its images to
+    the size of the batch's largest crop (padding changes the embedding near the border), divides its pair
+    sums by the pair counts of the whole batch (summed over ranks), and the gradients are summed over ranks,
+    so N processes train the network of one process (to float tolerance). Nothing needs synced BN: the
+    backbone is frozen in eval mode and the branch normalises with GroupNorm, per image. Rank 0 alone writes
+    the checkpoints and ``affinity.pt``; a checkpoint resumes under any number of processes.
     """
     ckpt_path, final_path = out_dir / "checkpoint.pt", out_dir / "affinity.pt"
     if not len(pairs):
         raise ScarceError(f"{pairs.dataset.root}: split {pairs.dataset.split!r} has no samples to train the affinity network on")
+    ranks = world()
+    check_batch(cfg.batch_size, "random_walk.train.batch_size")
     steps_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    parameters = list(net.parameters())
     start_epoch = 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -289,35 +315,51 @@ def train_affinity(net: AffinityNet, levels: BackboneLevels, pairs: SeedPairs, c
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
+    barrier()  # every rank has read the checkpoint before rank 0 writes the next one (or affinity.pt)
     device = next(net.parameters()).device
     offsets = half_disc_offsets(cfg.radius)
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc="affinity", unit="step",
-               disable=not progress, leave=False)
+               disable=not (progress and ranks.is_main), leave=False)
     for epoch in range(start_epoch, cfg.epochs):
         pairs.epoch = epoch
         order = epoch_order(cfg.seed, epoch, len(pairs))
         net.train()
         for first in range(0, len(order), cfg.batch_size):
             step = epoch * steps_per_epoch + first // cfg.batch_size
-            images, labels = pad_batch([pairs[i] for i in order[first:first + cfg.batch_size]])
+            batch = order[first:first + cfg.batch_size]
+            items = [pairs[i] for i in batch[batch_part(len(batch), ranks)]]  # this rank's part of the batch
+            size = all_max(torch.tensor([max((image.shape[d] for image, _ in items), default=0) for d in (1, 2)]))
             for group in optimizer.param_groups:
                 group["lr"] = poly_lr(cfg.lr, step, total_steps, cfg.poly_power)
-            aff = pair_affinities(embed(net, levels, images.to(device)), offsets)
-            loss = balanced_affinity_loss(aff, *affinity_labels(labels.to(device), offsets))
-            if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            if items:
+                images, labels = pad_batch(items, (int(size[0]), int(size[1])))
+                aff = pair_affinities(embed(net, levels, images.to(device)), offsets)
+                masks = affinity_labels(labels.to(device), offsets)
+                counts = pair_counts(*masks)
+            else:  # the batch has fewer pairs than there are ranks
+                counts = torch.zeros(3, device=device)
+            counts = all_sum(counts)  # the whole batch's pairs of each group
+            loss = torch.zeros(1, device=device)
+            if items:
+                loss = balanced_affinity_loss(aff, *masks, counts)
+                loss.backward()
+            batch_loss = float(sum_gradients(parameters, loss.detach().reshape(1))[0])  # the ranks' terms add up
+            if not math.isfinite(batch_loss):
                 raise TrainingError(f"affinity network: non-finite loss at epoch {epoch + 1}, step {step + 1}; "
                                     f"the last checkpoint ({ckpt_path}) is kept: lower random_walk.train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
-        save_torch(ckpt_path, {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                               "identity": identity})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{batch_loss:.4f}")
+        if ranks.is_main:
+            save_torch(ckpt_path, {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                                   "identity": identity})
         if on_epoch is not None:
             on_epoch(epoch + 1)
     bar.close()
-    save_torch(final_path, {"net": net.state_dict(), "identity": identity})
+    if ranks.is_main:
+        save_torch(final_path, {"net": net.state_dict(), "identity": identity})
+    barrier()  # affinity.pt is there before any rank goes on
     return final_path
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from scarce.distributed import prepare_on_ranks
 from scarce.errors import ConfigError
 
 
@@ -44,6 +45,9 @@ class Refiner:
     """Refined maps of a batch; subclasses set ``name`` through :func:`register_refiner`."""
 
     name = "base"
+    # under torchrun: prepare runs in every rank at once and splits its work itself (the random walk's
+    # training); otherwise rank 0 prepares first and the other ranks after it (distributed.prepare_on_ranks)
+    shards_prepare = False
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = dict(options or {})
@@ -88,6 +92,7 @@ class RefinerChain(Refiner):
     """Refiners applied in order (``[pamr, crf]`` = CRF of the PAMR output)."""
 
     name = "chain"
+    shards_prepare = True  # each refiner of the chain is prepared as it asks
 
     def __init__(self, steps: Sequence[RefineStep | str]) -> None:
         super().__init__()
@@ -95,7 +100,7 @@ class RefinerChain(Refiner):
 
     def prepare(self, context: RefineContext) -> None:
         for refiner in self.refiners:
-            refiner.prepare(context)
+            prepare_on_ranks(refiner, context)
 
     def __call__(self, images: torch.Tensor, cams: Sequence[torch.Tensor],
                  keys: Sequence[Sequence[int]]) -> list[torch.Tensor]:

@@ -31,6 +31,10 @@ The CAM enters the walk as its mean over each 4×4 cell (IRN resizes its stride-
 - ``work_dir``: the network is kept in ``work_dir/random_walk/`` (``checkpoint.pt`` every epoch,
   ``affinity.pt`` when done); a finished network is loaded, an interrupted one resumed, and one trained
   with other settings (classifier, thresholds, options) is refused with the folder named.
+
+Under ``torchrun`` the network's training is sharded (every rank trains on its part of each global batch,
+see :func:`~scarce.refinement.affinity.train_affinity`) and reaches one process's weights to float
+tolerance; the walk itself runs on the batches each rank refines.
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ def random_walk(cams: torch.Tensor, affinities: torch.Tensor, radius: int, beta:
 class RandomWalkRefiner(Refiner):
     """CAMs walked over the affinities of a network trained on the train split's confident seeds."""
 
+    shards_prepare = True  # under torchrun every rank trains on its part of each batch (train_affinity)
+
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self.cfg = from_dict(RandomWalkConfig, self.options, "refine.random_walk")
@@ -102,7 +108,11 @@ class RandomWalkRefiner(Refiner):
         self.levels: BackboneLevels | None = None
 
     def prepare(self, context: RefineContext) -> None:
-        """Load the affinity network from ``work_dir/random_walk``, or train it there (resuming a killed run)."""
+        """Load the affinity network from ``work_dir/random_walk``, or train it there (resuming a killed run).
+
+        Under torchrun every rank calls it at once and takes part in the training; all ranks see the same
+        ``affinity.pt`` (rank 0 writes it only after every rank has entered :func:`train_affinity`).
+        """
         if context.confident is None:
             raise ConfigError("random_walk: the affinity network learns from confident seeds; RefineContext.confident "
                               "(fg, bg thresholds chosen on val) must be set")
