@@ -29,9 +29,9 @@ class GPUPath:
     faster on recent GPUs), ``pin_memory`` (page-locked host batches copied without blocking; CUDA only)."""
 
     def __init__(self, device: torch.device, amp: str = "none", channels_last: bool = False,
-                 pin_memory: bool = False, key: str = "train") -> None:
+                 pin_memory: bool = False) -> None:
         if amp not in AMP_DTYPES:
-            raise ConfigError(f"{key}.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+            raise ConfigError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
         self.device, self.amp, self.channels_last = device, amp, channels_last
         self.pin = pin_memory and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -63,7 +63,9 @@ class GPUPath:
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """A host image batch on the device, channels-last when asked (4-D batches, N×C×H×W)."""
         images = self.batch(images)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.dim() == 4 else images
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def state_dict(self) -> dict[str, Any]:
         """The gradient scaler's state (empty unless fp16), for checkpoints."""

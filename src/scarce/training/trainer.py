@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from scarce.data.base import WeakDataset
 from scarce.distributed import (all_sum, barrier, batch_part, check_batch, resolve_device, sum_gradients,
                                 synced_batches, world)
-from scarce.errors import ConfigError, ScarceError, TrainingError
+from scarce.errors import ScarceError, TrainingError
 from scarce.io import save_torch, write_text
 from scarce.models.classifier import CamClassifier
 from scarce.training.gpu_path import GPUPath

@@ -21,10 +21,11 @@ Training alternates per epoch, as the code does: one epoch of the base learner's
 (new data plus exemplars) updates everything but the aggregation weights; then one pass over the
 class-balanced set with the network in eval mode updates the aggregation weights only, with the
 classification loss (LUCIR: cross-entropy, the code's choice; PODNet: its NCA loss), under the run's
-``train.amp`` like the model's steps. The balanced set is drawn once per phase, as the code's ``gen_balanced_loader``: quota × n_new new-class images drawn at random
-with replacement (quota = exemplars per class of the memory) plus the old-class exemplars, augmented like the
-training data, not shuffled. The aggregation weights have their own SGD (momentum 0.9, the run's weight
-decay, a fresh optimiser each phase) whose learning rate follows the model's schedule.
+``train.amp`` like the model's steps. The balanced set is drawn once per phase, as the code's
+``gen_balanced_loader``: quota × n_new new-class images drawn at random with replacement (quota = exemplars
+per class of the memory) plus the old-class exemplars, augmented like the training data, not shuffled. The
+aggregation weights have their own SGD (momentum 0.9, the run's weight decay, a fresh optimiser each phase)
+whose learning rate follows the model's schedule.
 
 Departures, stated:
 
