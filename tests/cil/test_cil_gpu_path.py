@@ -52,7 +52,8 @@ def forward_precision(trainer: Trainer):
         return call
 
     for method, name in PATHS.items():
-        setattr(learner, method, labelled(getattr(learner, method), name))
+        if hasattr(learner, method):  # PlaceboCIL's candidates exist in its learners only
+            setattr(learner, method, labelled(getattr(learner, method), name))
 
     def record(module, inputs, output):
         if isinstance(module, nn.BatchNorm2d):
@@ -65,9 +66,9 @@ def forward_precision(trainer: Trainer):
         handle.remove()
 
 
-def expected_precision(dtype: torch.dtype) -> dict[str, set[torch.dtype]]:
+def expected_precision(dtype: torch.dtype, paths=PATHS.values()) -> dict[str, set[torch.dtype]]:
     training = ("phase loop", "placebo candidates", "aggregation", "balanced finetune", "evaluation")
-    return {name: {dtype if name in training else torch.float32} for name in PATHS.values()}
+    return {name: {dtype if name in training else torch.float32} for name in paths}
 
 
 def plain_gpu_path(monkeypatch) -> None:
@@ -146,7 +147,12 @@ SMALL = ("protocol.class_order=[0,1,2,3]", "protocol.n_phases=1", "data.train_pe
 def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(amp, tmp_path):
     cfg = tiny_config("lucir", f"train.amp={amp}", *SMALL)
     full = Trainer(cfg, tmp_path / "full", progress=False)
-    full_result = full.run()
+    with forward_precision(full) as seen:
+        full_result = full.run()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    lucir_paths = [PATHS[m] for m in ("before_phase", "loss", "update_memory", "after_phase", "compute_class_means",
+                                      "predict")]
+    assert dict(seen) == expected_precision(dtype, lucir_paths)
     with pytest.raises(Kill):
         Trainer(cfg, tmp_path / "killed", progress=False, callbacks=[kill_at(5)]).run()
     saved = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
