@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimiser steps between mid-phase checkpoints
     keep_phase_checkpoints: bool = True
     device: str = "cpu"  # cpu | cuda | auto
+    amp: str = "none"  # none | bf16 | fp16: autocast of the training steps' forward and loss, and of evaluation
+    channels_last: bool = False  # NHWC memory format of the network and image batches (faster convolutions on GPUs)
+    pin_memory: bool = False  # page-locked host batches, copied without blocking (CUDA only)
     threads: int | None = None  # torch CPU threads during the run (None: torch's default); 1 is fastest on a busy machine
 
 

@@ -22,6 +22,19 @@ over old-class images, PODNet's) are averaged per rank, which makes them close, 
 (building layers, herding, balanced fine-tuning, evaluation) runs in every rank on the same data, so every
 rank holds the same learner; rank 0 alone writes checkpoints and outputs, which resume under any number of
 processes. With N processes a last batch of fewer than N images is skipped (one process keeps any of 2 or more).
+
+The GPU path (``train.device``, ``amp``, ``channels_last``, ``pin_memory``; :mod:`scarce.training.gpu_path`,
+the WSSS trainer's): every batch of images reaches the device through ``PhaseContext.load`` (pinned and
+channels-last when asked). ``train.amp: bf16 | fp16`` runs the forward pass and loss of every training step
+in autocast — the phase's loop (PlaceboCIL's candidate scoring and extra forward included, they are part of
+its loss), LUCIR's and PODNet's class-balanced finetuning, AANets' aggregation steps — and the test-set
+evaluation. fp16 scales the loss with one gradient scaler shared by those loops, whose state is in every
+checkpoint, so a resumed run replays the uninterrupted one; ``amp`` is part of the configuration a resume
+checks. Left in fp32, on purpose: feature extraction for herding, class means (NME), imprinting and PODNet's
+k-means and PlaceboCIL's prototypes (greedy herding picks and nearest-mean decisions turn on differences
+that bf16's 8-bit mantissa rounds away; one pass per phase, so autocast would save little), PlaceboCIL's
+validation reward (a handful of exemplars per epoch) and Mnemonics' exemplar level (see
+:mod:`scarce.cil.methods.mnemonics`).
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ from scarce.errors import ConfigError, TrainingError
 from scarce.io import read_json, save_torch, write_json, write_text
 from scarce.lock import run_lock
 from scarce.provenance import environment
+from scarce.training.gpu_path import GPUPath
 
 CHECKPOINT_VERSION = 2  # 2: plain types only (numpy's RNG state as a tensor), loaded with weights_only=True
 StepCallback = Callable[["Trainer", int, int, int], None]  # (trainer, phase, epoch, step) after each step
@@ -132,6 +146,8 @@ class Trainer:
         self.progress = progress
         self.callbacks = list(callbacks)
         self.device = resolve_device(cfg.train.device)
+        t = cfg.train
+        self.gpu = GPUPath(self.device, t.amp, t.channels_last, t.pin_memory)
         self.world = world()
         check_batch(cfg.train.batch_size, "train.batch_size")
         self.data = data if data is not None else load_data(cfg)
@@ -142,6 +158,7 @@ class Trainer:
         sample = self.data.train.load(np.array([0]))
         self.in_channels, self.image_size = int(sample.shape[1]), int(sample.shape[-1])
         self.learner = self._new_learner()
+        self.gpu.model(self.learner.net)  # copies (teacher, AANets' branches) and loaded weights keep the layout
         self.learner.prepare_run(self.data, self.protocol, self.pre)  # before a resume reads its checkpoint
         self.memory = Memory(self.protocol.memory)
         # a memory policy (RMM) sets each phase's memory limits and new-class data; None: the protocol's memory
@@ -168,13 +185,13 @@ class Trainer:
              within: tuple[int, int] | None = None) -> torch.Tensor:
         """Training images (learned exemplar images substituted), augmented; ``within`` as in :class:`Preprocess`."""
         images = self.memory.substitute(indices, self.data.train.load(indices))
-        return self.pre(images, generator, within).to(self.device, non_blocking=True)
+        return self.gpu.images(self.pre(images, generator, within))
 
     def context(self, phase: int) -> PhaseContext:
         scenario = self.scenario if self.allocator is None else self.allocator.scenario(phase, self.scenario)
         return PhaseContext(
             phase=phase, protocol=self.protocol, scenario=scenario, memory=self.memory, device=self.device,
-            flips=self.pre.flips, load=lambda indices, generator: self.load(indices, generator),
+            flips=self.pre.flips, load=lambda indices, generator: self.load(indices, generator), gpu=self.gpu,
             generator=lambda *tags: make_generator(self.cfg.seed, phase, *tags),
             batch_size=self.cfg.train.batch_size, weight_decay=self.cfg.train.weight_decay, pixels=self.pre.to_pixels,
         )
@@ -209,6 +226,7 @@ class Trainer:
             "optimizer": None if opt is None else opt.state_dict(),
             "scheduler": None if sched is None else sched.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
+            "scaler": self.gpu.state_dict(),
             "memory": self.memory.state_dict(),
             "allocator": None if self.allocator is None else self.allocator.state_dict(),
             "rows": self.rows,
@@ -245,6 +263,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"].cpu())
         _set_numpy_rng_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
+        self.gpu.load_state_dict(state.get("scaler"))
         return state
 
     # --- the loop -------------------------------------------------------------------------------
@@ -332,11 +351,11 @@ class Trainer:
                     x = self.load(idx, make_generator(self.cfg.seed, ctx.phase, epoch, step, "augment"),
                                   (part.start, len(batch)) if self.world.size > 1 else None)
                     y = ctx.targets(idx)
-                    with synced_batches():
+                    with synced_batches(), self.gpu.autocast():
                         loss, logs = self.learner.loss(x, y, ctx)
                     net.zero_grad(set_to_none=True)
                     # this rank's mean weighted by its share; the summed gradients are the whole batch's mean
-                    (loss if self.world.size == 1 else loss * (len(idx) / len(batch))).backward()
+                    self.gpu.scale(loss if self.world.size == 1 else loss * (len(idx) / len(batch))).backward()
                     # the whole batch's loss comes with the gradients, so every rank stops together on a bad one
                     loss_sum = sum_gradients(parameters, loss.detach().double().reshape(1) * len(idx))[0]
                     if not torch.isfinite(loss_sum):
@@ -345,7 +364,7 @@ class Trainer:
                             f"of method {self.learner.name}; the last checkpoint {self.checkpoint_path} is kept "
                             "(lower train.lr or check the data)"
                         )
-                    opt.step()
+                    self.gpu.step(opt)
                     self.global_step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss_sum) / len(batch):.3f}", refresh=False)
@@ -369,8 +388,10 @@ class Trainer:
         preds: dict[str, list[torch.Tensor]] = {h: [] for h in self.learner.eval_heads}
         bs = self.cfg.train.eval_batch_size
         for start in range(0, len(idx), bs):
-            x = self.pre(self.data.test.load(idx[start : start + bs])).to(self.device)
-            for head, scores in self.learner.predict(x).items():
+            x = self.gpu.images(self.pre(self.data.test.load(idx[start : start + bs])))
+            with self.gpu.autocast():
+                scores_per_head = self.learner.predict(x)
+            for head, scores in scores_per_head.items():
                 preds[head].append(scores.argmax(dim=1).cpu())
         for head in self.learner.eval_heads:
             correct = (torch.cat(preds[head]) == targets).double()

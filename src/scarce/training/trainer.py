@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 from scarce.data.base import WeakDataset
 from scarce.distributed import (all_sum, barrier, batch_part, check_batch, resolve_device, sum_gradients,
                                 synced_batches, world)
-from scarce.errors import ConfigError, ScarceError, TrainingError
+from scarce.errors import ScarceError, TrainingError
 from scarce.io import save_torch, write_text
 from scarce.models.classifier import CamClassifier
+from scarce.training.gpu_path import GPUPath
 from scarce.training.losses import MultiLabelObjective, Objective
 from scarce.training.transforms import AugmentConfig, augment, sample_generator, to_tensor
 
@@ -74,7 +75,6 @@ class TrainConfig:
 
 
 DEVICE_FIELDS = ("device", "amp", "channels_last", "pin_memory")  # how, not what: not part of a checkpoint's identity
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class AugmentedImages(Dataset):
@@ -113,11 +113,6 @@ def _freeze_batchnorm(model: nn.Module) -> None:
 
 def _config_fingerprint(cfg: TrainConfig, extra: dict) -> dict:
     return {"train": {k: v for k, v in asdict(cfg).items() if k not in DEVICE_FIELDS}, **extra}
-
-
-def autocast(device: torch.device, amp: str) -> torch.autocast:
-    """The forward pass's autocast for ``amp`` (none | bf16 | fp16); disabled for ``none``."""
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp] or torch.bfloat16, enabled=amp != "none")
 
 
 def build_optimizer(model: CamClassifier, objective: Objective, cfg: TrainConfig) -> torch.optim.SGD:
@@ -169,8 +164,7 @@ def train_classifier(
     ranks = world()
     check_batch(cfg.batch_size, "train.batch_size")
     device = resolve_device(cfg.device)
-    if cfg.amp not in AMP_DTYPES:
-        raise ConfigError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, got {cfg.amp!r}")
+    gpu = GPUPath(device, cfg.amp, cfg.channels_last, cfg.pin_memory)
 
     n = len(dataset.samples)
     steps_per_epoch = n // cfg.batch_size if drop_last else math.ceil(n / cfg.batch_size)
@@ -181,15 +175,12 @@ def train_classifier(
         raise ScarceError(f"train.batch_size={cfg.batch_size}: the last batch of {n % cfg.batch_size} samples cannot "
                           f"give each of {ranks.size} processes one, which synced BatchNorm needs; choose another batch size")
     total_steps = cfg.epochs * steps_per_epoch
-    model.to(device)
+    gpu.model(model.to(device))
     objective.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
     if cfg.freeze_bn:
         _freeze_batchnorm(model)
     optimizer = build_optimizer(model, objective, cfg)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     start_step, log_rows, carried = 0, [], (0.0, 0)
     if ckpt_path.exists():
@@ -201,8 +192,7 @@ def train_classifier(
         model.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        gpu.load_state_dict(state.get("scaler"))
         start_step, log_rows, carried = state["step"], state["log"], state["running"]
     barrier()  # every rank has read the checkpoint before rank 0 writes the next one
 
@@ -214,12 +204,11 @@ def train_classifier(
     def save_checkpoint(step: int, running: tuple[float, int] = (0.0, 0)) -> None:
         if ranks.is_main:
             save_torch(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                                   "optimizer": optimizer.state_dict(), "scaler": gpu.state_dict(), "step": step,
                                    "log": log_rows, "running": running, "fingerprint": fingerprint})
             _write_log(log_path, log_rows)
 
     step, parts = start_step, {}
-    pin = cfg.pin_memory and device.type == "cuda"
     for epoch in range(start_step // steps_per_epoch, cfg.epochs):
         images.epoch = epoch
         order = epoch_order(cfg.seed, epoch, len(images))
@@ -227,7 +216,7 @@ def train_classifier(
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)][first:steps_per_epoch]
         local = [batch[batch_part(len(batch), ranks)] for batch in batches]  # this rank's part of each batch
         loaded = iter(DataLoader(images, batch_sampler=[part for part in local if part], num_workers=cfg.num_workers,
-                                 pin_memory=pin))
+                                 pin_memory=gpu.pin))
         model.train()
         objective.train()
         if cfg.freeze_bn:
@@ -240,16 +229,15 @@ def train_classifier(
                 group["lr"] = poly_lr(group["base_lr"], step, total_steps, cfg.poly_power)
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            batch_images, labels = (t.to(device, non_blocking=pin) for t in next(loaded)) if part else (None, None)
+            host = next(loaded) if part else None
+            batch_images, labels = (gpu.images(host[0]), gpu.batch(host[1])) if part else (None, None)
             # the mean over the whole batch: each rank's mean weighted by its share of what the mean divides by
             weight = objective.batch_weight(labels) if part else 0.0
             total = all_sum(torch.tensor(weight, dtype=torch.float64, device=device)).clamp_min(1e-12)
             if part:
-                if cfg.channels_last and batch_images.dim() == 4:
-                    batch_images = batch_images.contiguous(memory_format=torch.channels_last)
-                with synced_batches(), autocast(device, cfg.amp):
+                with synced_batches(), gpu.autocast():
                     loss, parts = objective(model, batch_images, labels, step / total_steps)
-                scaler.scale(loss if ranks.size == 1 else loss * float(weight / total)).backward()
+                gpu.scale(loss if ranks.size == 1 else loss * float(weight / total)).backward()
                 loss_sum = loss.detach().double() * weight
             batch_loss = float(sum_gradients(parameters, loss_sum.reshape(1))[0] / total)
             if not math.isfinite(batch_loss):
@@ -257,8 +245,7 @@ def train_classifier(
                     f"non-finite loss ({batch_loss}) at epoch {epoch + 1}, step {step + 1}; "
                     f"the last checkpoint ({ckpt_path}) is kept: lower the learning rate and resume"
                 )
-            scaler.step(optimizer)
-            scaler.update()
+            gpu.step(optimizer)
             step += 1
             running += batch_loss * len(batch)
             seen += len(batch)

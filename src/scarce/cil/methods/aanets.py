@@ -20,11 +20,12 @@ base model computed.
 Training alternates per epoch, as the code does: one epoch of the base learner's losses on all data
 (new data plus exemplars) updates everything but the aggregation weights; then one pass over the
 class-balanced set with the network in eval mode updates the aggregation weights only, with the
-classification loss (LUCIR: cross-entropy, the code's choice; PODNet: its NCA loss). The balanced set is
-drawn once per phase, as the code's ``gen_balanced_loader``: quota × n_new new-class images drawn at random
-with replacement (quota = exemplars per class of the memory) plus the old-class exemplars, augmented like the
-training data, not shuffled. The aggregation weights have their own SGD (momentum 0.9, the run's weight
-decay, a fresh optimiser each phase) whose learning rate follows the model's schedule.
+classification loss (LUCIR: cross-entropy, the code's choice; PODNet: its NCA loss), under the run's
+``train.amp`` like the model's steps. The balanced set is drawn once per phase, as the code's
+``gen_balanced_loader``: quota × n_new new-class images drawn at random with replacement (quota = exemplars
+per class of the memory) plus the old-class exemplars, augmented like the training data, not shuffled. The
+aggregation weights have their own SGD (momentum 0.9, the run's weight decay, a fresh optimiser each phase)
+whose learning rate follows the model's schedule.
 
 Departures, stated:
 
@@ -179,10 +180,11 @@ class AANetsMixin(Learner):
         try:
             for start in range(0, len(idx), ctx.batch_size):
                 x = ctx.load(idx[start : start + ctx.batch_size], ctx.generator("aanets-balanced", epoch, start))
-                loss = self.aggregation_loss(self.net(x), labels[start : start + ctx.batch_size])
-                (grad,) = torch.autograd.grad(loss, [aanets.aggregation])
+                with ctx.gpu.autocast():
+                    loss = self.aggregation_loss(self.net(x), labels[start : start + ctx.batch_size])
+                (grad,) = torch.autograd.grad(ctx.gpu.scale(loss), [aanets.aggregation])
                 aanets.aggregation.grad = grad
-                opt.step()
+                ctx.gpu.step(opt)  # fp16: unscales the gradient, skips the step if it overflowed
                 aanets.aggregation.grad = None
         finally:
             self.net.train(was_training)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from scarce.cil.memory import Memory
 from scarce.cil.models import CosineHead, IncrementalNet, LinearHead, LSCHead, _BlockHead
 from scarce.cil.protocol import Protocol, Scenario
+from scarce.training.gpu_path import GPUPath
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PhaseContext:
     load: Callable[[np.ndarray, torch.Generator | None], torch.Tensor]  # train images → normalised batch on device
     generator: Callable[..., torch.Generator]  # generator("tag", ...) seeded from (run seed, phase, tags)
     pixels: Callable[[torch.Tensor], torch.Tensor]  # normalised batch → pixel scale 0-255 (CPU), inverse of load's
+    gpu: GPUPath  # the run's autocast and gradient scaler: every training step of a learner goes through it
     batch_size: int = 128
     weight_decay: float = 0.0  # the run's train.weight_decay (LUCIR's class-balanced finetuning uses it too)
 
@@ -187,7 +189,8 @@ class Learner:
     # --- features, class means, prediction -----------------------------------------------------------
     @torch.no_grad()
     def extract(self, ctx: PhaseContext, indices: np.ndarray, flip: bool = False, normalize: bool = True) -> torch.Tensor:
-        """Backbone features of training images (eval mode, no augmentation)."""
+        """Backbone features of training images (eval mode, no augmentation), in fp32 under every ``train.amp``:
+        they feed herding and class means (see :mod:`scarce.cil.trainer`)."""
         was_training = self.net.training
         self.net.eval()
         out = []
@@ -247,7 +250,7 @@ class Learner:
 
 def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
     """Nearest-mean-of-exemplars scores: ``-||f/|f| - mu_c||^2`` (the arg-max is the nearest class mean)."""
-    f = F.normalize(features, dim=1)
+    f = F.normalize(features.float(), dim=1)  # features of an autocast forward meet the fp32 means in fp32
     return -torch.cdist(f, class_means).pow(2)
 
 
@@ -256,7 +259,8 @@ def balanced_head_finetune(learner: Learner, ctx: PhaseContext, params: list[nn.
                            weight_decay: float = 0.0, milestones: Iterable[int] = (), gamma: float = 0.1) -> None:
     """Class-balanced finetuning of classifier parameters ``params`` on the exemplar memory, cut to the same
     number of images for every seen class (:meth:`Memory.balanced_indices`: under RMM the classes hold unequal
-    numbers); the backbone is frozen, batch norm in eval mode.
+    numbers); the backbone is frozen, batch norm in eval mode. Its steps run through ``ctx.gpu`` (autocast of
+    the features and loss; fp16's gradient scaler) like the phase's.
 
     ``loss_fn(features, labels)`` sees backbone features computed without gradient. ``augment=False``
     computes them once, without augmentation (seconds); ``augment=True`` recomputes them on every batch of
@@ -277,16 +281,17 @@ def balanced_head_finetune(learner: Learner, ctx: PhaseContext, params: list[nn.
             perm = torch.randperm(len(idx), generator=gen).to(ctx.device)
             for start in range(0, len(idx), ctx.batch_size):
                 b = perm[start : start + ctx.batch_size]
-                if cached is None:
-                    with torch.no_grad():
-                        x = ctx.load(idx[b.cpu().numpy()], ctx.generator("balanced-finetune", epoch, start))
-                        feats = learner.net.backbone(x)[0]
-                else:
-                    feats = cached[b]
-                loss = loss_fn(feats, labels[b])
+                with ctx.gpu.autocast():
+                    if cached is None:
+                        with torch.no_grad():
+                            x = ctx.load(idx[b.cpu().numpy()], ctx.generator("balanced-finetune", epoch, start))
+                            feats = learner.net.backbone(x)[0]
+                    else:
+                        feats = cached[b]
+                    loss = loss_fn(feats, labels[b])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                ctx.gpu.scale(loss).backward()
+                ctx.gpu.step(opt)
             sched.step()
     finally:
         learner.net.train(was_training)

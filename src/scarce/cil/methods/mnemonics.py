@@ -21,6 +21,12 @@ The temporary model is the classifier on top of the backbone (in eval mode, not 
 level): the exemplars' features are computed with gradient, so the outer gradient reaches the pixels
 through the unrolled inner steps and the backbone.
 
+The exemplar level runs in fp32 under every ``train.amp`` (the model level follows it): its gradient is a
+second-order one through ``inner_steps`` unrolled SGD steps, and it moves pixels by ``outer_lr`` (1e-5)
+times that gradient. fp16 would need its loss scale carried through the double backward (small gradients
+flush to zero below 6e-5) and bf16 keeps 3 significant digits, coarser than the changes this level makes
+and measures (``pixel_change_*``); it runs once per phase, so autocast would save little.
+
 Defaults and their sources (the released code ``mnemonics-training/1_train``): ``outer_epochs: 1``
 (``--mnemonics_total_epochs``), ``outer_lr: 1e-5`` (``--mnemonics_outer_lr``), ``outer_decay: 0.5``
 (``--mnemonics_decay_factor``, every epoch), ``inner_steps: 20`` (``--mnemonics_steps``), ``inner_lr: 0.1``

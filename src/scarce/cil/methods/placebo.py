@@ -239,7 +239,7 @@ class PlaceboMixin(Learner):
         gen = ctx.generator("placebo", self.placebo_step)
         n = min(p.candidates, len(stream))
         picks = torch.randperm(len(stream), generator=gen)[:n].numpy()
-        candidates = self.preprocess(stream.load(picks), gen).to(self.device)
+        candidates = ctx.gpu.images(self.preprocess(stream.load(picks), gen))
         with torch.no_grad():
             features = self.teacher.backbone(candidates)[0]
         targets = range(ctx.n_old) if p.targets == "old" else range(ctx.n_seen)
