@@ -44,6 +44,12 @@ def test_cil_compare_writes_one_table(tmp_path, capsys):
     assert "| finetune | cnn * |" in table and "| lwf | cnn * |" in table and " ± " in table
     assert (out / "lwf" / "seed1" / "metrics.json").is_file() and (out / "compare.html").is_file()
     assert main(args + ["--resume"]) == 0  # reuses the finished runs
+    # a run made before a settings key existed (here: train.amp at its default) is still the same run
+    stored = out / "lwf" / "seed1" / "config.yaml"
+    stored.write_text("".join(line for line in stored.read_text().splitlines(True) if not line.strip().startswith("amp:")))
+    finished = (out / "lwf" / "seed1" / "metrics.json").stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 0
+    assert (out / "lwf" / "seed1" / "metrics.json").stat().st_mtime_ns == finished  # reused, not rerun
     assert main(args + ["--resume", "--set", "train.lr=0.01"]) == 1  # but not runs made with other settings
     assert "different configuration" in capsys.readouterr().err
 

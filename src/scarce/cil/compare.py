@@ -7,9 +7,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from scarce.cil.config import CILConfig
+from scarce.cil.config import CILConfig, load_config
 from scarce.cil.trainer import load_data, run
-from scarce.config import dump_yaml, to_dict
+from scarce.config import to_dict
 from scarce.errors import ConfigError
 from scarce.io import read_json, write_json, write_text
 from scarce.provenance import environment
@@ -74,8 +74,7 @@ def compare(configs: list[CILConfig], out_dir: str | Path, *, seeds: list[int] |
             metrics_path = run_dir / "metrics.json"
             c = dataclasses.replace(cfg, seed=seed)
             if resume and metrics_path.is_file() and read_json(metrics_path).get("complete"):
-                stored = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else None
-                if stored != dump_yaml(c):
+                if not _same_settings(run_dir / "config.yaml", c):
                     raise ConfigError(f"{run_dir}: finished with a different configuration than {name}'s; "
                                       "delete the folder to rerun it or choose another --out")
                 metrics = read_json(metrics_path)
@@ -92,6 +91,17 @@ def compare(configs: list[CILConfig], out_dir: str | Path, *, seeds: list[int] |
     write_compare_report(out_dir / "compare.html", f"Class-incremental comparison ({next(iter(results.values()))[0]['protocol']})",
                          rows, curves)
     return rows
+
+
+def _same_settings(stored: Path, cfg: CILConfig) -> bool:
+    """Whether a finished run's ``config.yaml`` holds ``cfg``'s settings. Read back through the config loader,
+    so keys added to scarce since the run (at their defaults) do not make an unchanged run look different."""
+    if not stored.is_file():
+        return False
+    try:
+        return to_dict(load_config(stored)) == to_dict(cfg)
+    except ConfigError:
+        return False
 
 
 def table_rows(results: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
