@@ -191,23 +191,13 @@ class AANetsMixin(Learner):
 
     def after_phase(self, ctx: PhaseContext) -> None:
         super().after_phase(ctx)
-        if self.aanets is not None:
-            self.aggregation_log.append({"phase": ctx.phase, "weights": self.aanets.aggregation.detach().tolist()})
-
-    @property
-    def aggregation_log(self) -> list[dict[str, Any]]:
-        """Each incremental phase's aggregation weights a_k (stable share per level) at its end."""
-        if not hasattr(self, "_aggregation_log"):
-            self._aggregation_log: list[dict[str, Any]] = []
-        return self._aggregation_log
-
-    def report(self) -> dict[str, Any]:
-        return {**super().report(), "aanets": {"aggregation": self.aggregation_log}}
+        if self.aanets is not None:  # each incremental phase's a_k (stable share per level) at its end
+            self.log_phase("aanets", "aggregation",
+                           {"phase": ctx.phase, "weights": self.aanets.aggregation.detach().tolist()})
 
     # --- state: the converted structure and the aggregation optimiser's momentum -----------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["aggregation_log"] = self.aggregation_log
         state["aanets"] = self.aanets is not None
         opt = self.aggregation_optimizer
         state["aggregation_optimizer"] = None if opt is None else opt.state_dict()
@@ -217,7 +207,6 @@ class AANetsMixin(Learner):
         if state["aanets"] and self.aanets is None:
             self._convert()
         super().load_state_dict(state)
-        self._aggregation_log = list(state.get("aggregation_log", []))
         self.aggregation_optimizer = None
         if state["aggregation_optimizer"] is not None:
             self._new_aggregation_optimizer(0.0)  # the saved state restores the weight decay and momentum

@@ -114,6 +114,7 @@ class Learner:
         self.net = IncrementalNet(backbone, self._make_head(backbone.out_dim)).to(device)
         self.teacher: IncrementalNet | None = None
         self.class_means: torch.Tensor | None = None
+        self.phase_logs: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def _make_head(self, dim: int) -> _BlockHead:
         if self.head == "cosine":
@@ -149,9 +150,14 @@ class Learner:
         """Called once before any phase with the run's :class:`~scarce.cil.data.CILData`, protocol and batch
         preprocessing (uint8 images, generator → normalised batch)."""
 
+    def log_phase(self, group: str, key: str, entry: dict[str, Any]) -> None:
+        """Record what a method measured in a phase; reported as ``method_report[group][key]`` (a list, one entry
+        per call) and kept in checkpoints, so a resumed run reports the same."""
+        self.phase_logs.setdefault(group, {}).setdefault(key, []).append(entry)
+
     def report(self) -> dict[str, Any]:
         """What the method measured about itself during the run (``metrics.json``: ``method_report``)."""
-        return {}
+        return {group: dict(logs) for group, logs in self.phase_logs.items()}
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, ctx: PhaseContext) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.net(x)
@@ -231,6 +237,7 @@ class Learner:
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "teacher_sizes": None if self.teacher is None else self.teacher.head.block_sizes,
             "class_means": self.class_means,
+            "phase_logs": self.phase_logs,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -246,6 +253,7 @@ class Learner:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.class_means = state["class_means"]
+        self.phase_logs = state.get("phase_logs", {})
 
 
 def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:

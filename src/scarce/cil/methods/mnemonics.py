@@ -122,23 +122,7 @@ class MnemonicsMixin(Learner):
                 diffs = torch.cat([(ctx.pixels(images[c]) - before[c]).abs().flatten() for c in classes])
                 log.setdefault(group, {}).update(pixel_change_mean=float(diffs.mean()),
                                                  pixel_change_max=float(diffs.max()))
-        self.mnemonics_log.append(log)
-
-    @property
-    def mnemonics_log(self) -> list[dict[str, Any]]:
-        if not hasattr(self, "_mnemonics_log"):
-            self._mnemonics_log: list[dict[str, Any]] = []
-        return self._mnemonics_log
-
-    def report(self) -> dict[str, Any]:
-        return {**super().report(), "mnemonics": {"phases": self.mnemonics_log}}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "mnemonics_log": self.mnemonics_log}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._mnemonics_log = list(state.get("mnemonics_log", []))
+        self.log_phase("mnemonics", "phases", log)
 
     def optimise(self, ctx: PhaseContext, learn: list[torch.Tensor], learn_labels: list[int],
                  fixed: list[torch.Tensor], fixed_labels: list[int], query: np.ndarray, tag: str
