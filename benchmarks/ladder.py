@@ -17,6 +17,7 @@ or the ``cam`` run beside a comparison's method).
 ``table``: the mean ± standard deviation over the seeds' ``ladder.json`` files, as markdown.
 
     python benchmarks/ladder.py table runs/ladder3/seed*_ladder --out runs/ladder3/table.md
+    python benchmarks/ladder.py table runs/ladder3/seed?_ladder --segmentation runs/ladder3/seed?_ladder120
 
 Each command prints its markdown table; ``run`` also writes ``ladder.json`` and ``table.md`` into ``--out``.
 """
@@ -178,8 +179,11 @@ def _cell(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def markdown(results: Sequence[dict[str, Any]]) -> str:
-    """The ladder table of one or several seeds (rows matched by method and refinement; mean ± std)."""
+def markdown(results: Sequence[dict[str, Any]], segmentations: Sequence[dict[str, Any]] | None = None) -> str:
+    """The ladder table of one or several seeds (rows matched by method and refinement; mean ± std).
+
+    ``segmentations``: take the segmentation rungs from these ``ladder.json`` results instead (a longer
+    schedule run later on each seed's chosen variant)."""
     keys = [(r.get("method", ""), r["refine"]) for r in results[0]["rows"]]
     by_key = {key: [next(r for r in res["rows"] if (r.get("method", ""), r["refine"]) == key) for res in results]
               for key in keys}
@@ -200,9 +204,11 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             f"{_cell([r['mask_fp'] for r in rows], 1, 3)} | {_cell([r['mask_fn'] for r in rows], 1, 3)} | "
             f"{_cell([r.get('seed_cost_cam_units', 0.0) for r in rows], 1, 2)} | "
             f"{_cell([r['cost_cam_units'] for r in rows], 1, 2)} |")
-    segs = [res["segmentation"] for res in results if "segmentation" in res]
+    segs = [res["segmentation"] for res in (results if segmentations is None else segmentations)
+            if "segmentation" in res]
     if segs:
-        lines += ["", f"Segmentation: {len(segs)} of the {len(results)} seed(s).", "",
+        epochs = sorted({str(s.get("config", {}).get("train", {}).get("epochs", "?")) for s in segs})
+        lines += ["", f"Segmentation: {len(segs)} of the {len(results)} seed(s), {'/'.join(epochs)} epochs.", "",
                   "| rung (test) | mIoU | FP | FN |", "|---|---|---|---|"]
         chosen = ", ".join(f"{s.get('method', '')} {s['refine']}".strip() for s in segs)
         lines += [
@@ -212,7 +218,12 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             f"{_cell([s['ceiling_test']['fp'] for s in segs], 1, 3)} | {_cell([s['ceiling_test']['fn'] for s in segs], 1, 3)} |",
             f"| segmentation / ceiling | {_cell([s['ratio'] for s in segs])} % | | |",
             f"| (val) segmentation / ceiling | {_cell([s['val']['miou'] for s in segs])} / "
-            f"{_cell([s['ceiling_val']['miou'] for s in segs])} | | |"]
+            f"{_cell([s['ceiling_val']['miou'] for s in segs])} = "
+            f"{_cell([s['val']['miou'] / s['ceiling_val']['miou'] for s in segs])} % | | |",
+            "", "Per seed (test, val): " + "; ".join(
+                f"{s.get('method', '')} {s['refine']}: segmentation {100 * s['test']['miou']:.1f} / "
+                f"{100 * s['val']['miou']:.1f}, ceiling {100 * s['ceiling_test']['miou']:.1f} / "
+                f"{100 * s['ceiling_val']['miou']:.1f}, ratio {100 * s['ratio']:.1f} %" for s in segs) + "."]
         for seg in segs:
             for name, curve in seg.get("loss_curves", {}).items():
                 lines.append(f"\nTraining loss of the {name} model by epoch: {_curve_text(curve)}.")
@@ -221,7 +232,9 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
 
 def table(args: argparse.Namespace) -> int:
     results = [read_json(folder / "ladder.json") for folder in args.ladders]
-    text = markdown(results)
+    segmentations = ([read_json(folder / "ladder.json") for folder in args.segmentation]
+                     if args.segmentation else None)
+    text = markdown(results, segmentations)
     if args.out is not None:
         write_text(args.out, text)
     print(text)
@@ -244,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=run_ladder)
     tab = commands.add_parser("table", help="mean ± std over the ladder.json of several seeds")
     tab.add_argument("ladders", type=Path, nargs="+", help="`run --out` folders, one per seed")
+    tab.add_argument("--segmentation", type=Path, nargs="+", metavar="LADDER",
+                     help="take the segmentation rungs from these `run --out` folders (one per seed) instead")
     tab.add_argument("--out", type=Path, help="write the markdown here too")
     tab.set_defaults(func=table)
     args = parser.parse_args(argv)

@@ -53,3 +53,27 @@ def test_loss_curve_reads_every_epoch_and_prints_every_tenth(tmp_path):
     curve = ladder.loss_curve(log)
     assert len(curve) == 25 and curve[3] == 0.25
     assert ladder._curve_text(curve) == "1: 1.000, 10: 0.100, 20: 0.050, 25: 0.040"
+
+
+def test_segmentation_rungs_can_come_from_other_ladder_runs():
+    rows = {"rows": [_row("cam", "crf", 0.20, 0.30, 0.40)]}
+    first = {**rows, "segmentation": {"method": "cam", "refine": "crf", "test": {"miou": 0.10, "fp": 0.1, "fn": 0.2},
+                                      "val": {"miou": 0.1}, "ceiling_test": {"miou": 0.50, "fp": 0.1, "fn": 0.1},
+                                      "ceiling_val": {"miou": 0.5}, "ratio": 0.2, "config": {"train": {"epochs": 60}}}}
+
+    def longer(method, test, val, ceiling_test, ceiling_val):
+        return {"rows": [_row(method, "crf", 0.2, 0.3, 0.4)],
+                "segmentation": {"method": method, "refine": "crf", "test": {"miou": test, "fp": 0.1, "fn": 0.2},
+                                 "val": {"miou": val}, "ceiling_test": {"miou": ceiling_test, "fp": 0.1, "fn": 0.1},
+                                 "ceiling_val": {"miou": ceiling_val}, "ratio": test / ceiling_test,
+                                 "config": {"train": {"epochs": 120}}}}
+
+    # test 45 / 50 = 90 %, 40 / 50 = 80 % → 85.0 ± 7.1; val 30 / 60 = 50 %, 48 / 60 = 80 % → 65.0 ± 21.2
+    text = ladder.markdown([first, rows], [longer("cam", 0.45, 0.30, 0.50, 0.60), longer("lpcam", 0.40, 0.48, 0.50, 0.60)])
+    assert "Segmentation: 2 of the 2 seed(s), 120 epochs." in text
+    lines = text.splitlines()
+    assert "85.0 ± 7.1 %" in next(line for line in lines if line.startswith("| segmentation / ceiling"))
+    assert next(line for line in lines if line.startswith("| (val)")).startswith(
+        "| (val) segmentation / ceiling | 39.0 ± 12.7 / 60.0 ± 0.0 = 65.0 ± 21.2 % |")
+    assert "lpcam crf: segmentation 40.0 / 48.0, ceiling 50.0 / 60.0, ratio 80.0 %" in text
+    assert "10.0" not in next(line for line in lines if line.startswith("| segmentation on the best"))

@@ -13,7 +13,7 @@ from PIL import Image
 from scarce.cil import run
 from scarce.cil.data import load_fashion_mnist_cil
 from scarce.cil.freestream import FreeStreamConfig, build_free_stream
-from scarce.cil.methods.placebo import Exp3, evaluation_scores, select_placebos
+from scarce.cil.methods.placebo import Exp3, evaluation_scores, select_placebos, target_distances
 from scarce.cil.protocol import Protocol
 from scarce.cil.trainer import Trainer
 from scarce.errors import ConfigError, DataError
@@ -50,6 +50,17 @@ def test_selection_returns_the_best_candidates_under_the_evaluation_function():
     assert select_placebos(scores, 3).tolist() == [2, 1, 3]
     # a row is never chosen twice, and the rows index the candidate batch (the released index drift cannot occur)
     assert sorted(select_placebos(scores, 5).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_target_distances_follow_the_turn_that_chose_each_placebo():
+    features = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    prototypes = torch.tensor([[1.0, 0.0], [0.0, 5.0]])
+    # turns from class 1: row 1 for class 1 (same direction: 0), row 0 for class 0 (0), row 2 for class 1 (45°)
+    d = target_distances(features, prototypes, torch.tensor([1, 0, 2]), range(2), start=1)
+    assert torch.allclose(d, torch.tensor([0.0, 0.0, 1 - 0.5 ** 0.5]), atol=1e-7)
+    # from class 0: row 1 for class 0 (90°: 1), row 0 for class 1 (1), row 2 for class 0 (45°)
+    d = target_distances(features, prototypes, torch.tensor([1, 0, 2]), range(2), start=0)
+    assert torch.allclose(d, torch.tensor([1.0, 1.0, 1 - 0.5 ** 0.5]), atol=1e-7)
 
 
 def test_exp3_update_by_hand():
@@ -202,6 +213,7 @@ def test_no_placebo_outlives_its_batch_and_the_memory_is_the_base_learners(metho
     assert used == [4, 8, 12, 16]  # 4 placebos drawn and used per step
     (phase,) = result.metrics["method_report"]["placebo"]["phases"]
     assert phase["steps"] == 4 and phase["held_after_batch_max"] == 0
+    assert 0 <= phase["placebo_distance"] <= 2 and 0 <= phase["exemplar_distance"] <= 2
     assert len(phase["arms"]) == len(phase["rewards"]) == 2  # one policy round per epoch
     assert result.metrics["memory_per_class"] == {str(c): 5 for c in range(4)}  # no extra memory
 

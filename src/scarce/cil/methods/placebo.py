@@ -20,7 +20,10 @@ From phase 1 on, every training step:
    supervised terms see the labelled rows only;
 5. drops every candidate and placebo: **mini-batch memory reuse**, nothing from the stream outlives its step
    and the exemplar memory is untouched. ``report()`` measures it: the number of stream images still
-   referenced after each batch (weak references to every tensor that held them), 0 when it holds.
+   referenced after each batch (weak references to every tensor that held them), 0 when it holds. It also
+   gives, per phase, the placebos' mean cosine distance to the prototype of the class they were chosen for
+   (``placebo_distance``) beside the old exemplars' own distance to theirs (``exemplar_distance``): how well
+   the stream can stand in for old-class data.
 
 **Online policy** (``policy: online``): the action is the evaluation function's weights ``(w_old, w_new)``,
 chosen from ``arms`` by Exp3 (Auer et al. 2002) once per epoch; after the epoch the reward is the accuracy
@@ -128,6 +131,15 @@ def select_placebos(scores: torch.Tensor, k: int, start: int = 0) -> torch.Tenso
     return torch.tensor(chosen, dtype=torch.long, device=scores.device)
 
 
+def target_distances(features: torch.Tensor, prototypes: torch.Tensor, chosen: torch.Tensor, targets: range,
+                     start: int = 0) -> torch.Tensor:
+    """Cosine distance of each chosen candidate (``select_placebos``' order) to the prototype of the target class
+    whose turn chose it: how close the placebos come to the classes they stand in for."""
+    columns = [targets[(start + turn) % len(targets)] for turn in range(len(chosen))]
+    picked = F.normalize(features[chosen], dim=1)
+    return 1 - (picked * F.normalize(prototypes[columns], dim=1)).sum(1)
+
+
 class Exp3:
     """Exp3 over ``n_arms`` with exploration ``gamma``: p = (1 − γ)·w/Σw + γ/K; after playing arm a with
     reward r ∈ [0, 1], ``w_a ← w_a · exp(γ · (r / p_a) / K)``. Weights are kept as logarithms."""
@@ -187,20 +199,27 @@ class PlaceboMixin(Learner):
         self.placebo_step = 0
         if self.teacher is None:
             return
-        self.prototypes = self._prototypes(ctx)
+        self.prototypes, exemplar_distance = self._prototypes(ctx)
+        # placebo_distance (running mean over the phase) against exemplar_distance (the old exemplars' own
+        # distance to their class prototype): how far the stream's best images are from the old classes
         self.placebo_log["phases"].append({"phase": ctx.phase, "steps": 0, "candidates_evaluated": 0,
-                                           "placebos_used": 0, "held_after_batch_max": 0, "arms": [], "rewards": []})
+                                           "placebos_used": 0, "held_after_batch_max": 0, "arms": [], "rewards": [],
+                                           "exemplar_distance": exemplar_distance, "placebo_distance": 0.0})
         self.arm = self.policy.draw(ctx.generator("placebo-policy", 0))
 
     @torch.no_grad()
-    def _prototypes(self, ctx: PhaseContext) -> torch.Tensor:
+    def _prototypes(self, ctx: PhaseContext) -> tuple[torch.Tensor, float]:
         """Class means of the old model's normalised features: exemplars for old classes, all training images
-        for new ones (not normalised again, as the released code)."""
-        rows = []
+        for new ones (not normalised again, as the released code); and the old exemplars' mean cosine distance
+        to their own class's prototype."""
+        rows, distances = [], []
         for label in range(ctx.n_seen):
             idx = ctx.memory.exemplars[label] if label < ctx.n_old else ctx.scenario.class_indices(label)
-            rows.append(self._teacher_features(ctx, idx).mean(0))
-        return torch.stack(rows)
+            features = self._teacher_features(ctx, idx)
+            rows.append(features.mean(0))
+            if label < ctx.n_old:
+                distances.append(1 - features @ F.normalize(rows[-1], dim=0))
+        return torch.stack(rows), float(torch.cat(distances).mean())
 
     def _teacher_features(self, ctx: PhaseContext, indices: np.ndarray) -> torch.Tensor:
         out = [F.normalize(self.teacher.backbone(ctx.load(indices[s : s + 256], None))[0], dim=1)
@@ -244,7 +263,12 @@ class PlaceboMixin(Learner):
             features = self.teacher.backbone(candidates)[0]
         targets = range(ctx.n_old) if p.targets == "old" else range(ctx.n_seen)
         scores = evaluation_scores(features, self.prototypes, ctx.n_old, targets, *self.evaluation_weights())
-        chosen = select_placebos(scores, p.per_step, start=self.placebo_step % len(targets))
+        start = self.placebo_step % len(targets)
+        chosen = select_placebos(scores, p.per_step, start=start)
+        log = self.placebo_log["phases"][-1]
+        distances = target_distances(features, self.prototypes, chosen, targets, start)
+        mean = log.setdefault("placebo_distance", 0.0)  # absent from checkpoints of older versions
+        log["placebo_distance"] = mean + (float(distances.sum()) - len(chosen) * mean) / (log["placebos_used"] + len(chosen))
         placebos = candidates[chosen]
         self._track((candidates, len(candidates)), (placebos, len(placebos)))
         return placebos
