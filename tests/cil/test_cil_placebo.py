@@ -13,6 +13,7 @@ from PIL import Image
 from scarce.cil import run
 from scarce.cil.data import load_fashion_mnist_cil
 from scarce.cil.freestream import FreeStreamConfig, build_free_stream
+import scarce.cil.methods.placebo as placebo_module
 from scarce.cil.methods.placebo import Exp3, evaluation_scores, select_placebos, target_distances
 from scarce.cil.protocol import Protocol
 from scarce.cil.trainer import Trainer
@@ -195,7 +196,15 @@ def placebo_config(method, folder, *extra):
 
 @pytest.mark.parametrize("method", ["lwf_placebo", "icarl_placebo", "lucir_placebo", "podnet_placebo",
                                     "lucir_aanets_placebo", "podnet_aanets_placebo"])
-def test_no_placebo_outlives_its_batch_and_the_memory_is_the_base_learners(method, folder, tmp_path):
+def test_no_placebo_outlives_its_batch_and_the_memory_is_the_base_learners(method, folder, tmp_path, monkeypatch):
+    seen_distances = []  # every step's placebo distances, to check the logged running mean against a plain mean
+
+    def recorded(*args, **kwargs):
+        seen_distances.extend(placebo_module.target_distances_unpatched(*args, **kwargs).tolist())
+        return placebo_module.target_distances_unpatched(*args, **kwargs)
+
+    monkeypatch.setattr(placebo_module, "target_distances_unpatched", placebo_module.target_distances, raising=False)
+    monkeypatch.setattr(placebo_module, "target_distances", recorded)
     extra = ["method.use_memory=true"] if method == "lwf_placebo" else []
     extra += ["method.balanced_finetune_epochs=1"] if "podnet" in method else []
     held, used = [], []
@@ -213,7 +222,8 @@ def test_no_placebo_outlives_its_batch_and_the_memory_is_the_base_learners(metho
     assert used == [4, 8, 12, 16]  # 4 placebos drawn and used per step
     (phase,) = result.metrics["method_report"]["placebo"]["phases"]
     assert phase["steps"] == 4 and phase["held_after_batch_max"] == 0
-    assert 0 <= phase["placebo_distance"] <= 2 and 0 <= phase["exemplar_distance"] <= 2
+    assert len(seen_distances) == 16 and 0 <= phase["exemplar_distance"] <= 2
+    assert phase["placebo_distance"] == pytest.approx(sum(seen_distances) / 16, abs=1e-6)  # float32 sums
     assert len(phase["arms"]) == len(phase["rewards"]) == 2  # one policy round per epoch
     assert result.metrics["memory_per_class"] == {str(c): 5 for c in range(4)}  # no extra memory
 
