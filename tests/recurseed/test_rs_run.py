@@ -73,7 +73,8 @@ def test_cli_runs_single_and_multi_stage(tiny_scenes, tmp_path, capsys):
             "segment.model.decoder_channels=16", "segment.train.epochs=1", "segment.train.batch_size=4",
             "segment.train.augment.crop_size=64", "segment.scales=[1.0]", "segment.flip=false",
             f"data.root={tiny_scenes}"]
-    args = ["recurseed", "run", "configs/recurseed/rs.yaml", "--out", str(out), "--quiet"]
+    # `scarce run` dispatches on the config's `pipeline: single_stage` (`scarce recurseed run` is the same command)
+    args = ["run", "configs/recurseed/rs.yaml", "--out", str(out), "--quiet"]
     assert main(args + [x for s in sets for x in ("--set", s)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for route, splits in (("single_stage", ("val", "test")), ("multi_stage", ("pseudo_masks_train", "val", "test"))):
@@ -82,10 +83,20 @@ def test_cli_runs_single_and_multi_stage(tiny_scenes, tmp_path, capsys):
     assert "single_stage" in capsys.readouterr().out
     masks = sorted((out / "pseudo" / "train").glob("*.png"))
     assert masks and set(read_label_png(masks[0]).ravel().tolist()) <= set(range(11))
+    # the report: the ladder with the run's own figures, the losses and a gallery with both routes' predictions
+    report = (out / "report.html").read_text()
+    assert f"{100 * metrics['single_stage']['test']['miou']:.1f}" in report
+    assert f"{100 * metrics['multi_stage']['test']['miou']:.1f}" in report
+    assert "seeds M_rs" in report and "Training losses" in report
+    assert report.count("data:image/png") >= 1 + 6 * 4  # the loss plot, then 6 columns for the 4 test scenes
+    assert (out / "segment" / "pred" / "test").is_dir()
+    args[0:1] = ["recurseed", "run"]
     assert main(args + [x for s in sets for x in ("--set", s)] + ["--set", "train.epochs=2"]) == 1  # another config
 
 
 def test_bad_settings_fail_at_once():
+    with pytest.raises(ConfigError, match="pipeline"):
+        load_config(None, {"pipeline": "cams"})
     with pytest.raises(ConfigError, match="mix.kind"):
         load_config(None, {"mix": {"kind": "mixup"}})
     with pytest.raises(ConfigError, match="batch_size"):

@@ -30,5 +30,5 @@ def cmd_run(args: argparse.Namespace) -> int:
              for split, scores in metrics.get(route, {}).items() if split != "pseudo_masks_train"]
     for name, split, scores in rows:
         print(f"{name:34s} {split:6s} mIoU {100 * scores['miou']:6.2f}  FP {scores['fp']:.3f}  FN {scores['fn']:.3f}")
-    print(f"metrics: {run.folder / 'metrics.json'}")
+    print(f"report: {run.folder / 'report.html'}   metrics: {run.folder / 'metrics.json'}")
     return 0

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     for name, func, text in (
         ("run", cmd_run, "run every stage of a config (data, training, CAMs, thresholds on val, refinement, pseudo masks, "
-                   "scores, report), skipping finished ones"),
+                   "segmentation, scores, report), skipping finished ones; a config with `pipeline: single_stage` "
+                   "trains RecurSeed's one network instead (as `scarce recurseed run`)"),
         ("train", cmd_train, "train the classifier of a config (checkpoint every epoch; --resume continues)"),
     ):
         p = sub.add_parser(name, help=text)
@@ -159,6 +160,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from scarce.singlestage.run import is_single_stage
+
+    if is_single_stage(args.config):  # `pipeline: single_stage`: RecurSeed's one network instead of the CAM ladder
+        from scarce.cli.recurseed import cmd_run as run_single_stage
+
+        return run_single_stage(args)
     run = _run_from_args(args)
     metrics = run.run(resume=args.resume)
     print_summary(metrics, run.folder)

@@ -59,6 +59,11 @@ def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> 
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+def class_max_heat(maps: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The heat of an image's (K, H, W) class maps: their max over the classes (zeros for an image with none)."""
+    return maps.max(axis=0) if len(maps) else np.zeros(image.shape[:2], np.float32)
+
+
 def draw_boxes(image: np.ndarray, boxes: Sequence[tuple[float, float, float, float, str]]) -> np.ndarray:
     """Draw boxes ``(x0, y0, x1, y1, label_text)`` (pixel corners, both inclusive) with their labels.
 

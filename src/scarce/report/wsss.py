@@ -15,7 +15,7 @@ from scarce.data.base import WeakDataset
 from scarce.io import read_label_png
 from scarce.layout import RunLayout
 from scarce.report.html import HtmlReport
-from scarce.report.visual import colorize_labels, overlay_heatmap
+from scarce.report.visual import class_max_heat, colorize_labels, overlay_heatmap
 
 MISSING = "\u2014"  # a rung of the ladder that this run has not reached
 
@@ -117,18 +117,13 @@ def gallery_rows(layout: RunLayout, dataset: WeakDataset, count: int) -> list[li
         cams, keys = load_cam(layout.map_file(layout.cams(split), sample.stem))
         names = ", ".join(dataset.class_names[k] for k in keys)
         row = [(f"{sample.stem}: {names}", image), ("ground truth", colorize_labels(dataset.load_mask(sample))),
-               ("CAM", overlay_heatmap(image, _heat(cams, image)))]
+               ("CAM", overlay_heatmap(image, class_max_heat(cams, image)))]
         if refined.is_dir():
             maps, _ = load_cam(layout.map_file(refined, sample.stem))
-            row.append(("refined", overlay_heatmap(image, _heat(maps, image))))
+            row.append(("refined", overlay_heatmap(image, class_max_heat(maps, image))))
         if masks.is_dir():
             row.append(("pseudo mask", colorize_labels(read_label_png(layout.mask_file(masks, sample.stem)))))
         if segmented.is_dir():
             row.append(("segmentation", colorize_labels(read_label_png(layout.mask_file(segmented, sample.stem)))))
         rows.append(row)
     return rows
-
-
-def _heat(maps: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Max over the image's classes (zeros for an image without classes)."""
-    return maps.max(axis=0) if len(maps) else np.zeros(image.shape[:2], np.float32)

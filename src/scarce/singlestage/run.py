@@ -11,7 +11,10 @@ Run folder (every stage is skipped when its output exists; training resumes from
     run/pseudo/train/<stem>.png             the decoder's maps of train = the multi-stage pseudo masks
     run/pseudo/train/_scores.json           their scores against train ground truth
     run/segment/                            the DeepLabV3+ of scarce.segmentation trained on them (multi_stage)
+    run/segment/pred/<split>/<stem>.png     its predictions of val and test
     run/multi_stage.json, run/metrics.json
+    run/timings.json                        seconds per stage, kept across resumed invocations
+    run/report.html                         the ladder of these outputs, losses and a gallery of test images
 
 Protocol (no setting is chosen on test ground truth):
 
@@ -62,8 +65,13 @@ class InferConfig:
     refine: tuple[str, ...] = ()  # e.g. [crf] (the official single-stage results use a CRF)
 
 
+PIPELINE = "single_stage"  # the value of a config's `pipeline:` key that makes `scarce run` train this network
+
+
 @dataclass(frozen=True)
 class SingleStageConfig:
+    # `scarce run CONFIG` reads this key to tell a single-stage config from one of the CAM pipeline's
+    pipeline: str = PIPELINE
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     # BatchNorm trains (RSEPM builds its backbone with norm_fn 'bn'; the decoder's BN must learn); 20 epochs = the
@@ -74,6 +82,16 @@ class SingleStageConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     multi_stage: bool = False
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    gallery: int = 8  # test images shown in report.html
+
+    def __post_init__(self) -> None:
+        if self.pipeline != PIPELINE:
+            raise ConfigError(f"pipeline must be {PIPELINE!r} in a single-stage config, got {self.pipeline!r}")
+
+
+def is_single_stage(path: str | Path | None) -> bool:
+    """Whether the YAML at ``path`` (its ``base:`` chain resolved) asks for the single-stage pipeline."""
+    return path is not None and load_yaml(path).get("pipeline") == PIPELINE
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SingleStageConfig:
@@ -93,6 +111,16 @@ class SingleStageRun:
     def __init__(self, cfg: SingleStageConfig, folder: str | Path, progress: bool = True) -> None:
         self.cfg, self.folder, self.progress = cfg, Path(folder), progress
         self.timings: dict[str, float] = {}
+
+    def record_time(self, stage: str, started: float) -> None:
+        """Add a stage's seconds to ``timings.json`` at once, so that a later, resumed invocation still reports them
+        (the cost of a stage resumed after a kill counts only its resumed part)."""
+        self.timings[stage] = time.perf_counter() - started
+        write_json(self.folder / "timings.json", self.stored_timings())
+
+    def stored_timings(self) -> dict[str, float]:
+        path = self.folder / "timings.json"
+        return {**(read_json(path) if path.is_file() else {}), **self.timings}
 
     def write_config(self) -> None:
         """Store the resolved config; refuse a folder made with another one."""
@@ -130,7 +158,7 @@ class SingleStageRun:
             started = time.perf_counter()
             train_classifier(net, train_set, self.cfg.train, self.folder / "train", objective, resume=resume,
                              identity=identity, progress=self.progress, on_step=on_step, drop_last=True)
-            self.timings["train"] = time.perf_counter() - started
+            self.record_time("train", started)
         return load_trained(net, model_path)
 
     def predict(self, view: DecoderView, image: np.ndarray, classes: list[int] | None,
@@ -174,7 +202,7 @@ class SingleStageRun:
         started = time.perf_counter()
         scores = {split: self.label_split(net, split, self.folder / "predictions" / split, image_labels=False)
                   for split in (self.cfg.data.val_split, self.cfg.data.test_split)}
-        self.timings["single_stage_inference"] = time.perf_counter() - started
+        self.record_time("single_stage_inference", started)
         write_json(path, scores)
         return scores
 
@@ -192,15 +220,21 @@ class SingleStageRun:
         dataset = self.dataset(split)
         make_seeds = SeedMaker(self.cfg.recurseed)
         sweep = ThresholdSweep(dataset.num_classes + 1, EvalConfig().thresholds())
-        with torch.no_grad():
-            for sample in dataset.samples:
-                image = to_tensor(dataset.load_image(sample), net.mean_std)[None]
-                out = net(image)
-                keys = class_keys(torch.from_numpy(dataset.label_vector(sample))[None])
-                seeds = make_seeds(to_rgb(image, net.mean_std), normalised_cams(out.cams, image.shape[-2:]),
-                                   out.levels, keys)
-                sweep.update(seeds[0, keys[0]].numpy(), keys[0], dataset.load_mask(sample))
+        for sample in dataset.samples:
+            _, seeds, keys = self.image_maps(net, make_seeds, dataset, sample)
+            sweep.update(seeds, keys, dataset.load_mask(sample))
         return sweep
+
+    @torch.no_grad()
+    def image_maps(self, net: SingleStageNet, make_seeds: SeedMaker, dataset: WeakDataset,
+                   sample: Any) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """(normalised CAMs M̂_cam, seeds M_rs, classes) of one image's labelled classes, each (K, H, W)."""
+        image = to_tensor(dataset.load_image(sample), net.mean_std)[None]
+        out = net(image)
+        keys = class_keys(torch.from_numpy(dataset.label_vector(sample))[None])
+        cams = normalised_cams(out.cams, image.shape[-2:])
+        seeds = make_seeds(to_rgb(image, net.mean_std), cams, out.levels, keys)
+        return cams[0, keys[0]].numpy(), seeds[0, keys[0]].numpy(), keys[0]
 
     def seed_scores(self, net: SingleStageNet) -> dict[str, Any]:
         """The seeds' quality on train (the seed's ablation: mIoU, FP, FN of the maps), at the background
@@ -226,11 +260,12 @@ class SingleStageRun:
         started = time.perf_counter()
         model_path = train_segmenter(self.cfg.segment, train_set, masks, self.folder / "segment", resume=resume,
                                      progress=self.progress)
-        self.timings["segment_train"] = time.perf_counter() - started
+        self.record_time("segment_train", started)
         segmenter = load_segmenter(self.cfg.segment, train_set.num_classes, model_path)
         scores = {"pseudo_masks_train": mask_scores}
         for split in (self.cfg.data.val_split, self.cfg.data.test_split):
-            scores[split] = evaluate_split(segmenter, self.dataset(split), self.cfg.segment, progress=self.progress)
+            scores[split] = evaluate_split(segmenter, self.dataset(split), self.cfg.segment,
+                                           self.folder / "segment" / "pred" / split, progress=self.progress)
         write_json(path, scores)
         return scores
 
@@ -254,6 +289,47 @@ class SingleStageRun:
         }
         if self.cfg.multi_stage:
             metrics["multi_stage"] = self.multi_stage(net, resume=resume)
-        metrics["timings_s"] = self.timings
+        metrics["timings_s"] = self.stored_timings()
         write_json(self.folder / "metrics.json", metrics)
+        self.report(net, metrics)
         return metrics
+
+    def describe(self) -> str:
+        """The run's recipe in one sentence, for the report."""
+        cfg = self.cfg
+        parts = [f"One network: encoder {cfg.network.encoder.backbone} (pretrained: {cfg.network.encoder.pretrained}), "
+                 f"CAM branch and DeepLabV3+ decoder, {cfg.train.epochs} epochs",
+                 "RecurSeed seeds M_rs = " + {(True, True): "PAMR(SCG(CAM))", (True, False): "SCG(CAM)",
+                                              (False, True): "PAMR(CAM)", (False, False): "CAM"}[
+                     (cfg.recurseed.use_scg, cfg.recurseed.use_pamr)]]
+        if cfg.mix.kind != "none":
+            parts.append(f"mixing {cfg.mix.kind} from epoch {cfg.mix.start_epoch}")
+        return "; ".join(parts) + "."
+
+    def report(self, net: SingleStageNet, metrics: dict[str, Any]) -> None:
+        """report.html: the ladder of this run's outputs, the losses, and test images with their CAM, seeds,
+        single-stage prediction and (multi_stage) the segmentation model's."""
+        from scarce.io import read_label_png
+        from scarce.report.singlestage import write_single_stage_report
+        from scarce.report.visual import class_max_heat, colorize_labels, overlay_heatmap
+
+        data = self.cfg.data
+        test = self.dataset(data.test_split)
+        make_seeds = SeedMaker(self.cfg.recurseed)
+        predictions = self.folder / "predictions" / data.test_split
+        segmented = self.folder / "segment" / "pred" / data.test_split
+        rows = []
+        for sample in test.samples[: self.cfg.gallery]:
+            image = test.load_image(sample)
+            cams, seeds, keys = self.image_maps(net, make_seeds, test, sample)
+            names = ", ".join(test.class_names[k] for k in keys)
+            row = [(f"{sample.stem}: {names}", image), ("ground truth", colorize_labels(test.load_mask(sample))),
+                   ("CAM", overlay_heatmap(image, class_max_heat(cams, image))),
+                   ("seeds M_rs", overlay_heatmap(image, class_max_heat(seeds, image))),
+                   ("single stage", colorize_labels(read_label_png(predictions / f"{sample.stem}.png")))]
+            if (segmented / f"{sample.stem}.png").is_file():
+                row.append(("multi stage", colorize_labels(read_label_png(segmented / f"{sample.stem}.png"))))
+            rows.append(row)
+        splits = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
+        write_single_stage_report(self.folder / "report.html", metrics, self.describe(), splits, test.class_names,
+                                  self.folder / "train" / "train_log.csv", rows)

@@ -1,0 +1,53 @@
+"""The single-stage benchmark's table (benchmarks/singlestage.py): grouping by seed suffix, means by hand, costs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from scarce.errors import ConfigError
+
+_SPEC = importlib.util.spec_from_file_location("singlestage", Path(__file__).parents[1] / "benchmarks" / "singlestage.py")
+singlestage = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(singlestage)
+
+
+def _write_run(folder: Path, seeds: float, single: float, train_s: float, multi: float | None = None) -> Path:
+    score = lambda miou: {"miou": miou, "fp": 0.2, "fn": 0.4}  # noqa: E731
+    metrics = {"seeds": {"threshold": 0.3, "train": score(seeds)}, "decoder_maps": score(0.5),
+               "single_stage": {"val": score(0.0), "test": score(single)}, "timings_s": {"train": train_s}}
+    if multi is not None:
+        metrics["multi_stage"] = {"test": score(multi)}
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_rows_group_seeds_and_average_by_hand(tmp_path, capsys):
+    runs = [_write_run(tmp_path / "rs-s0", 0.30, 0.40, 200.0), _write_run(tmp_path / "rs-s1", 0.40, 0.50, 400.0),
+            _write_run(tmp_path / "rs_epm-s0", 0.50, 0.60, 600.0, multi=0.55)]
+    cams = []
+    for seed, seconds in ((0, 100.0), (1, 300.0)):
+        cams.append(tmp_path / f"cam{seed}")
+        cams[-1].mkdir()
+        (cams[-1] / "timings.json").write_text(json.dumps({"train": seconds}))
+    assert singlestage.main([str(r) for r in runs] + ["--cam-runs", *map(str, cams)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rs = [c.strip() for c in next(line for line in lines if line.startswith("| rs |")).strip("|").split("|")]
+    epm = [c.strip() for c in next(line for line in lines if line.startswith("| rs_epm |")).strip("|").split("|")]
+    # seeds 30, 40 → 35 ± 7.07; single stage 40, 50 → 45 ± 7.07; CAM unit = mean(100, 300) = 200 s →
+    # costs 1, 2 → 1.50 ± 0.71; no multi stage in these runs
+    assert rs[1] == "2" and rs[2] == "35.0 ± 7.1" and rs[8] == "45.0 ± 7.1" and rs[11] == "–"
+    assert rs[-1] == "1.50 ± 0.71"
+    assert epm[1] == "1" and epm[11] == "55.0" and epm[-1] == "3.00"
+
+
+def test_unfinished_runs_and_untimed_cam_runs_are_named(tmp_path):
+    (tmp_path / "rs-s0").mkdir()
+    with pytest.raises(ConfigError, match="rs-s0"):
+        singlestage.group_runs([tmp_path / "rs-s0"])
+    (tmp_path / "cam").mkdir()
+    (tmp_path / "cam" / "timings.json").write_text(json.dumps({"cam_val": 3.0}))
+    with pytest.raises(ConfigError, match="cam"):
+        singlestage.cam_unit_seconds([tmp_path / "cam"])
