@@ -18,6 +18,7 @@ or the ``cam`` run beside a comparison's method).
 
     python benchmarks/ladder.py table runs/ladder3/seed*_ladder --out runs/ladder3/table.md
     python benchmarks/ladder.py table runs/ladder3/seed?_ladder --segmentation runs/ladder3/seed?_ladder120
+    python benchmarks/ladder.py table runs/ladder3/seed?_ladder --single-stage runs/rs_mix/*-s?
 
 Each command prints its markdown table; ``run`` also writes ``ladder.json`` and ``table.md`` into ``--out``.
 """
@@ -235,6 +236,11 @@ def table(args: argparse.Namespace) -> int:
     segmentations = ([read_json(folder / "ladder.json") for folder in args.segmentation]
                      if args.segmentation else None)
     text = markdown(results, segmentations)
+    if args.single_stage:  # RecurSeed's one network on the same scenes, beside the multi-stage ladder
+        import singlestage  # benchmarks/, beside this script
+
+        text += ("\nSingle-stage runs (RecurSeed ± mixing), the same scenes and seeds:\n\n"
+                 + singlestage.markdown(singlestage.group_runs(args.single_stage), None))
     if args.out is not None:
         write_text(args.out, text)
     print(text)
@@ -259,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_argument("ladders", type=Path, nargs="+", help="`run --out` folders, one per seed")
     tab.add_argument("--segmentation", type=Path, nargs="+", metavar="LADDER",
                      help="take the segmentation rungs from these `run --out` folders (one per seed) instead")
+    tab.add_argument("--single-stage", type=Path, nargs="+", default=[], metavar="RUN",
+                     help="single-stage run folders (NAME-s<seed>) to add as rows (benchmarks/singlestage.py)")
     tab.add_argument("--out", type=Path, help="write the markdown here too")
     tab.set_defaults(func=table)
     args = parser.parse_args(argv)

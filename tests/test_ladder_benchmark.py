@@ -77,3 +77,20 @@ def test_segmentation_rungs_can_come_from_other_ladder_runs():
         "| (val) segmentation / ceiling | 39.0 ± 12.7 / 60.0 ± 0.0 = 65.0 ± 21.2 % |")
     assert "lpcam crf: segmentation 40.0 / 48.0, ceiling 50.0 / 60.0, ratio 80.0 %" in text
     assert "10.0" not in next(line for line in lines if line.startswith("| segmentation on the best"))
+
+
+def test_table_adds_single_stage_rows(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # as when run as a script
+    seed = tmp_path / "seed0_ladder"
+    seed.mkdir()
+    (seed / "ladder.json").write_text(json.dumps({"rows": [_row("cam", "crf", 0.20, 0.30, 0.40)]}))
+    score = {"miou": 0.42, "fp": 0.1, "fn": 0.2}
+    run = tmp_path / "rs_epm-s0"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"seeds": {"train": score}, "single_stage": {"test": score}}))
+    assert ladder.main(["table", str(seed), "--single-stage", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| cam | crf |" in out
+    assert next(line for line in out.splitlines() if line.startswith("| rs_epm |")).startswith("| rs_epm | 1 | 42.0 |")
