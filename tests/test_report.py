@@ -147,8 +147,22 @@ def test_ladder_rows_from_a_metrics_dict():
         ("pseudo masks: mask mIoU (train)", 50.0, "train_aug"), ("segmentation", 45.0, "test"),
         ("fully supervised ceiling", "\u2014", "test"), ("segmentation / ceiling (%)", "\u2014", "test")]
     assert [r["threshold chosen on"] for r in rows[:3]] == ["val"] * 3
-    assert [(r["FP"], r["FN"]) for r in rows[:3]] == [(0.25, 0.125), (0.5, 0.0625), ("\u2014", "\u2014")]
+    assert [(r["FP (%)"], r["FN (%)"]) for r in rows[:3]] == [(25.0, 12.5), (50.0, 6.25), ("\u2014", "\u2014")]
     metrics["ceiling"] = {"test": {"miou": 0.6}}
     assert ladder_rows(metrics)[-1]["mIoU"] == pytest.approx(75.0)  # 45 / 60
     seeds_only = ladder_rows({"protocol": metrics["protocol"], "test": {"miou": 0.25}})
     assert [r["mIoU"] for r in seeds_only] == [25.0] + ["\u2014"] * 5
+
+
+def test_single_stage_ladder_rows_from_a_metrics_dict():
+    from scarce.report.singlestage import single_stage_ladder
+
+    score = lambda miou, fp, fn: {"miou": miou, "fp": fp, "fn": fn}  # noqa: E731
+    metrics = {"seeds": {"threshold": 0.5, "train_aug": score(0.5, 0.25, 0.125)}, "decoder_maps": score(0.6, 0.1, 0.2),
+               "single_stage": {"val": score(0.3, 0.2, 0.4), "test": score(0.4, 0.2, 0.3)}}
+    rows = single_stage_ladder(metrics, {"train": "train_aug", "val": "val", "test": "test"})
+    assert [(r["mIoU"], r["FP (%)"], r["FN (%)"], r["scored on"], r["threshold chosen on"]) for r in rows] == [
+        (50.0, 25.0, 12.5, "train_aug", "val"), (60.0, 10.0, 20.0, "train_aug", "\u2013"),
+        (30.0, 20.0, 40.0, "val", "\u2013"), (40.0, 20.0, 30.0, "test", "\u2013"),
+        ("\u2014", "\u2014", "\u2014", "val", "\u2013"), ("\u2014", "\u2014", "\u2014", "test", "\u2013")]
+    assert rows[0]["stage"] == "seeds M_rs (threshold 0.50)"

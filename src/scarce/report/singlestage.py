@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scarce.report.html import HtmlReport
-from scarce.report.wsss import MISSING
+from scarce.report.wsss import percent
 
 NOT_LOSSES = ("epoch", "step", "lr")  # train_log.csv's other columns are the loss and its parts
 
@@ -37,9 +37,8 @@ def single_stage_ladder(metrics: dict[str, Any], splits: dict[str, str]) -> list
     ]
     rows: list[dict[str, object]] = []
     for name, scores, scored_on, chosen_on in rungs:
-        rows.append({"stage": name, "mIoU": MISSING if scores is None else 100 * float(scores["miou"]),
-                     "FP": MISSING if scores is None else float(scores["fp"]),
-                     "FN": MISSING if scores is None else float(scores["fn"]),
+        rows.append({"stage": name, **{column: percent(None if scores is None else scores[key])
+                                       for column, key in (("mIoU", "miou"), ("FP (%)", "fp"), ("FN (%)", "fn"))},
                      "scored on": scored_on, "threshold chosen on": chosen_on})
     return rows
 

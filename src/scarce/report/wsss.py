@@ -47,6 +47,11 @@ def _at(metrics: dict[str, Any], *keys: str) -> Any:
     return node
 
 
+def percent(fraction: float | None) -> object:
+    """A fraction as a percentage for the report's tables, or ``—`` for a rung the run has not reached."""
+    return MISSING if fraction is None else 100 * float(fraction)
+
+
 def ladder_rows(metrics: dict[str, Any]) -> list[dict[str, object]]:
     """The papers' ladder: seeds → refined maps → pseudo masks on train → segmentation → fully supervised ceiling.
 
@@ -66,13 +71,12 @@ def ladder_rows(metrics: dict[str, Any]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for name, keys, scored_on, chosen_on in rungs:
         value, fp, fn = (_at(metrics, *keys, key) for key in ("miou", "fp", "fn"))
-        rows.append({"stage": name, "mIoU": MISSING if value is None else 100 * float(value),
-                     "FP": MISSING if fp is None else float(fp), "FN": MISSING if fn is None else float(fn),
+        rows.append({"stage": name, "mIoU": percent(value), "FP (%)": percent(fp), "FN (%)": percent(fn),
                      "scored on": scored_on, "threshold chosen on": chosen_on})
     weak, full = _at(metrics, "segmentation", "test", "miou"), _at(metrics, "ceiling", "test", "miou")
     ratio = 100 * float(weak) / float(full) if weak is not None and full else None
     rows.append({"stage": "segmentation / ceiling (%)", "mIoU": MISSING if ratio is None else ratio,
-                 "FP": MISSING, "FN": MISSING, "scored on": test, "threshold chosen on": "\u2013"})
+                 "FP (%)": MISSING, "FN (%)": MISSING, "scored on": test, "threshold chosen on": "\u2013"})
     return rows
 
 
