@@ -122,3 +122,14 @@ def test_inference_restricts_the_argmax_to_the_allowed_classes(tiny_scenes, tmp_
     assert np.array_equal(only_three, np.where(probabilities[4] > probabilities[0], 4, 0))  # ties go to background
     expected = probabilities.argmax(axis=0) if all_classes else np.zeros(image.shape[:2])  # 0.5 ≥ 0.34, not ≥ 0.6
     assert np.array_equal(filtered, expected) and len(np.unique(probabilities.argmax(axis=0))) > 2
+
+
+def test_timings_survive_a_rerun_that_skips_every_stage(tmp_path):
+    """A finished run re-invoked (e.g. for its report) must keep the training time it recorded, including a run
+    made before timings.json existed, whose times sat only in metrics.json."""
+    (tmp_path / "metrics.json").write_text(json.dumps({"timings_s": {"train": 12.5}}))
+    run = SingleStageRun(load_config(None), tmp_path, progress=False)
+    assert run.stored_timings() == {"train": 12.5}
+    run.record_time("single_stage_inference", 0.0)
+    stored = json.loads((tmp_path / "timings.json").read_text())
+    assert stored["train"] == 12.5 and stored["single_stage_inference"] > 0

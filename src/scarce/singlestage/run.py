@@ -119,8 +119,10 @@ class SingleStageRun:
         write_json(self.folder / "timings.json", self.stored_timings())
 
     def stored_timings(self) -> dict[str, float]:
-        path = self.folder / "timings.json"
-        return {**(read_json(path) if path.is_file() else {}), **self.timings}
+        path, metrics = self.folder / "timings.json", self.folder / "metrics.json"
+        # runs made before timings.json existed kept their timings only in metrics.json: keep those too
+        earlier = read_json(metrics).get("timings_s", {}) if metrics.is_file() else {}
+        return {**earlier, **(read_json(path) if path.is_file() else {}), **self.timings}
 
     def write_config(self) -> None:
         """Store the resolved config; refuse a folder made with another one."""
