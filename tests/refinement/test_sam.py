@@ -1,8 +1,8 @@
 """SAM prompts: the plumbing only, with a small randomly initialised Segment Anything model (no real checkpoint can
 be had here, so nothing is said about the quality of its masks).
 
-Prompts are checked against boxes and peaks computed by hand; the map kept is checked against the candidate a
-stub predictor scores highest; the real (tiny) model checks shapes, ranges and the checkpoint loading."""
+Prompts are checked against boxes and peaks computed by hand; the map kept is checked against what a stub
+predictor returns (the best-scored of three for a point, the one mask asked for a box); the real (tiny) model checks shapes, ranges and the checkpoint loading."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def test_missing_checkpoint_and_bad_options_are_named(tmp_path, tiny_checkpoint)
 
 
 class StubPredictor:
-    """Records the prompts; returns three candidates with known logits and scores (the second scores best)."""
+    """Records the prompts; returns three candidates with known logits and scores (the second scores best) when
+    asked for several, else one mask of logit 1."""
 
     def __init__(self, shape):
         self.shape, self.calls, self.images = shape, [], 0
@@ -85,22 +86,34 @@ class StubPredictor:
         self.images += 1
 
     def predict(self, multimask_output, return_logits, **prompt):
-        assert multimask_output and return_logits
-        self.calls.append(prompt)
+        assert return_logits
+        self.calls.append({**prompt, "multimask_output": multimask_output})
+        if not multimask_output:
+            return np.full((1, *self.shape), 1.0, np.float32), np.array([0.3], np.float32), None
         logits = np.stack([np.full(self.shape, v, np.float32) for v in (-3.0, 2.0, 5.0)])
         return logits, np.array([0.1, 0.9, 0.5], np.float32), None
 
 
-def test_each_class_keeps_the_best_scored_candidate_through_a_sigmoid(tiny_checkpoint):
-    refiner = build_refiner(RefineStep("sam", {"checkpoint": str(tiny_checkpoint), "model_type": "tiny"}))
-    refiner._predictor = StubPredictor((40, 48))
+def sigmoid(x: float) -> float:
+    return 1 / (1 + np.exp(-x))
+
+
+def test_a_point_keeps_the_best_scored_of_three_candidates_and_a_box_asks_for_one(tiny_checkpoint):
     cams = torch.from_numpy(np.stack([blob_cam(), np.zeros((40, 48), np.float32)]))
-    out = refiner(torch.rand(1, 3, 40, 48), [cams], [[2, 5]])[0]
+    point = build_refiner(RefineStep("sam", {"checkpoint": str(tiny_checkpoint), "model_type": "tiny",
+                                             "prompt": "point"}))
+    point._predictor = StubPredictor((40, 48))
+    out = point(torch.rand(1, 3, 40, 48), [cams], [[2, 5]])[0]
     assert out.shape == (2, 40, 48)
-    assert torch.allclose(out[0], torch.full((40, 48), 1 / (1 + np.exp(-2.0))))  # candidate 1: score 0.9
+    assert torch.allclose(out[0], torch.full((40, 48), sigmoid(2.0)))  # candidate 1: score 0.9
     assert torch.count_nonzero(out[1]) == 0  # no prompt for an all-zero CAM
-    assert refiner._predictor.images == 1 and len(refiner._predictor.calls) == 1
-    assert refiner._predictor.calls[0]["box"].tolist() == [5.0, 10.0, 30.0, 20.0]
+    assert point._predictor.images == 1 and [c["multimask_output"] for c in point._predictor.calls] == [True]
+    box = build_refiner(RefineStep("sam", {"checkpoint": str(tiny_checkpoint), "model_type": "tiny"}))
+    box._predictor = StubPredictor((40, 48))
+    out = box(torch.rand(1, 3, 40, 48), [cams], [[2, 5]])[0]
+    assert torch.allclose(out[0], torch.full((40, 48), sigmoid(1.0)))  # the one mask a box asks for
+    assert [c["multimask_output"] for c in box._predictor.calls] == [False]
+    assert box._predictor.calls[0]["box"].tolist() == [5.0, 10.0, 30.0, 20.0]
 
 
 def test_a_tiny_random_sam_refines_through_the_real_predictor(tiny_checkpoint):

@@ -10,9 +10,10 @@ through SAM give masks at 86 % mIoU). Here the prompt comes from the CAM instead
 - ``point``: the CAM's peak as one positive point;
 - ``box+point``: both.
 
-SAM returns three candidate masks for an ambiguous prompt (``multimask_output``); the one with the highest
-predicted IoU is kept, as SAM's predictor example does, and its logits go through a sigmoid, so the refined map is
-SAM's mask probability in [0, 1]: the pipeline's background threshold (chosen on val) then applies as to any map.
+As SAM's ``SamPredictor.predict`` advises and its predictor example does, a single point (an ambiguous prompt)
+asks for three candidate masks and keeps the one with the highest predicted IoU, while a box (alone or with the
+point) asks for one mask. Its logits go through a sigmoid, so the refined map is SAM's mask probability in
+[0, 1]: the pipeline's background threshold (chosen on val) then applies as to any map.
 A class whose CAM is zero everywhere has no prompt and gets an all-zero map.
 
 No checkpoint can be downloaded here: ``checkpoint`` (the official ``sam_vit_b_01ec64.pth`` etc.) is required
@@ -119,8 +120,10 @@ class SamRefiner(Refiner):
                 for k, prompt in enumerate(prompts):
                     if prompt is None:
                         continue
+                    ambiguous = "box" not in prompt  # one click: three candidates, the best-scored kept
                     with torch.no_grad():
-                        logits, scores, _ = predictor.predict(**prompt, multimask_output=True, return_logits=True)
+                        logits, scores, _ = predictor.predict(**prompt, multimask_output=ambiguous,
+                                                              return_logits=True)
                     best = torch.as_tensor(np.asarray(logits[int(np.argmax(scores))]), dtype=torch.float32)
                     refined[k] = torch.sigmoid(best).to(maps.device, maps.dtype)
             out.append(refined)
