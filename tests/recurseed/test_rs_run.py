@@ -133,3 +133,17 @@ def test_timings_survive_a_rerun_that_skips_every_stage(tmp_path):
     run.record_time("single_stage_inference", 0.0)
     stored = json.loads((tmp_path / "timings.json").read_text())
     assert stored["train"] == 12.5 and stored["single_stage_inference"] > 0
+
+
+def test_a_scored_split_without_ground_truth_is_named_before_inference(tiny_scenes, tmp_path):
+    import shutil
+
+    from scarce.errors import ScarceError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_scenes, data)
+    shutil.rmtree(data / "SegmentationClass")  # the VOC layout's ground-truth folder: no split has masks now
+    run = SingleStageRun(tiny_config(data), tmp_path / "run", progress=False)
+    with pytest.raises(ScarceError, match="'val' has no ground-truth"):
+        run.single_stage(run.build(10)[0].eval())
+    assert not (tmp_path / "run" / "predictions").exists()

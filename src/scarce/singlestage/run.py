@@ -44,7 +44,7 @@ import torch
 from scarce.config import from_dict, load_yaml, merge, store_run_config
 from scarce.data.base import WeakDataset, open_dataset
 from scarce.data.scenes import generate_scenes
-from scarce.errors import ConfigError
+from scarce.errors import ConfigError, ScarceError
 from scarce.io import read_json, save_label_png, write_json
 from scarce.metrics.segmentation import SegmentationEvaluator, ThresholdSweep
 from scarce.pipeline import DataConfig, EvalConfig
@@ -201,6 +201,11 @@ class SingleStageRun:
         path = self.folder / "single_stage.json"
         if path.exists():
             return read_json(path)
+        for split in (self.cfg.data.val_split, self.cfg.data.test_split):  # fail before the inference, not after
+            dataset = self.dataset(split)
+            if not any(dataset.has_mask(sample) for sample in dataset.samples):
+                raise ScarceError(f"{self.data_root}: split {split!r} has no ground-truth label maps; the single-stage "
+                                  "run scores val and test (and chooses the seeds' threshold on val), so both need them")
         started = time.perf_counter()
         scores = {split: self.label_split(net, split, self.folder / "predictions" / split, image_labels=False)
                   for split in (self.cfg.data.val_split, self.cfg.data.test_split)}
