@@ -81,7 +81,10 @@ def markdown(groups: dict[str, list[dict[str, Any]]], cam_unit: float | None) ->
             cells += [_cell([s["miou"] for s in scored]), _cell([s["fp"] for s in scored], 1, 3),
                       _cell([s["fn"] for s in scored], 1, 3)]
         train = [m["timings_s"]["train"] for m in runs if "train" in m.get("timings_s", {})]
-        cells.append(_cell([t / cam_unit for t in train], 1, 2) if cam_unit and train else "–")
+        cost = _cell([t / cam_unit for t in train], 1, 2) if cam_unit and train else "–"
+        if cam_unit and train and len(train) < len(runs):  # runs from before timings were kept
+            cost += f" ({len(train)} of {len(runs)} seeds)"
+        cells.append(cost)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -13,10 +13,11 @@ singlestage = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(singlestage)
 
 
-def _write_run(folder: Path, seeds: float, single: float, train_s: float, multi: float | None = None) -> Path:
+def _write_run(folder: Path, seeds: float, single: float, train_s: float | None, multi: float | None = None) -> Path:
     score = lambda miou: {"miou": miou, "fp": 0.2, "fn": 0.4}  # noqa: E731
     metrics = {"seeds": {"threshold": 0.3, "train": score(seeds)}, "decoder_maps": score(0.5),
-               "single_stage": {"val": score(0.0), "test": score(single)}, "timings_s": {"train": train_s}}
+               "single_stage": {"val": score(0.0), "test": score(single)},
+               "timings_s": {} if train_s is None else {"train": train_s}}
     if multi is not None:
         metrics["multi_stage"] = {"test": score(multi)}
     folder.mkdir(parents=True)
@@ -41,6 +42,14 @@ def test_rows_group_seeds_and_average_by_hand(tmp_path, capsys):
     assert rs[1] == "2" and rs[2] == "35.0 ± 7.1" and rs[8] == "45.0 ± 7.1" and rs[11] == "–"
     assert rs[-1] == "1.50 ± 0.71"
     assert epm[1] == "1" and epm[11] == "55.0" and epm[-1] == "3.00"
+
+
+def test_a_cost_over_fewer_seeds_than_the_row_says_so(tmp_path):
+    # rs-s0 ran before training times were kept: its row's cost is seed 1's alone (400 s / 200 s) and says so
+    runs = [_write_run(tmp_path / "rs-s0", 0.30, 0.40, None), _write_run(tmp_path / "rs-s1", 0.40, 0.50, 400.0)]
+    text = singlestage.markdown(singlestage.group_runs(runs), cam_unit=200.0)
+    row = next(line for line in text.splitlines() if line.startswith("| rs |"))
+    assert row.rstrip(" |").endswith("2.00 (1 of 2 seeds)")
 
 
 def test_unfinished_runs_and_untimed_cam_runs_are_named(tmp_path):
