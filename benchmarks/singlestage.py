@@ -8,6 +8,7 @@ what each is and which split chose its threshold):
 - decoder maps on train restricted to the image's classes (the multi-stage route's pseudo masks);
 - single stage on test: the decoder's prediction, nothing chosen on ground truth;
 - multi stage on test: DeepLabV3+ trained on the decoder maps (runs with ``multi_stage: true``);
+- (every run must be on the same data, the scenes' seed aside; a table over mixed data is refused)
 - training cost in CAM units: the run's training seconds over the seconds the CAM pipeline's classifier took
   to train (``--cam-runs``: CAM run folders timed on the same machine, one per seed or one for all).
 
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from scarce.config import changed_keys, load_yaml
 from scarce.errors import ConfigError
 from scarce.io import read_json, write_text
 
@@ -51,6 +53,18 @@ def _cell(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str
     return f"{mean:.{digits}f}" if len(values) < 2 else f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
+def check_same_data(runs: Sequence[Path]) -> None:
+    """Refuse a table over runs of different data (other than the scenes' seed): their rows would not compare.
+
+    Runs without a stored config (test fixtures of metrics alone) are not checked."""
+    configs = [(run, load_yaml(run / "config.yaml").get("data", {})) for run in runs if (run / "config.yaml").is_file()]
+    for run, data in configs[1:]:
+        changed = changed_keys(configs[0][1], data, ignore=("scenes.seed",))
+        if changed:
+            raise ConfigError(f"{configs[0][0]} and {run}: made on different data ({', '.join(changed)} differ); "
+                              "one table compares runs on the same data")
+
+
 def group_runs(runs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
     """{row name: [metrics of each seed's run]} in the order the runs are given."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -59,6 +73,7 @@ def group_runs(runs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
         if not path.is_file():
             raise ConfigError(f"{run}: no metrics.json (the run has not finished)")
         groups.setdefault(SEED_SUFFIX.sub("", run.name), []).append(read_json(path))
+    check_same_data(runs)
     return groups
 
 

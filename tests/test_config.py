@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,48 @@ def test_changed_keys_names_the_dotted_keys_that_differ():
     stored = {"root": "a", "inner": {"size": 1, "scales": [1.0]}, "options": {}}
     assert changed_keys(stored, Outer()) == []
     assert changed_keys(stored, other) == ["inner.scales", "inner.size", "options.logits", "root"]
+
+
+@dataclass(frozen=True)
+class _Scenes:
+    seed: int = 0
+    size: int = 160
+    scales: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class _Data:  # module level: the type hints are strings (``from __future__ import annotations``)
+    scenes: _Scenes = field(default_factory=lambda: _Scenes(size=128, scales=(0.5, 1.0)))
+    plain: _Scenes = field(default_factory=_Scenes)
+    fixed: _Scenes = _Scenes(size=64)
+
+
+def test_a_partial_mapping_changes_the_fields_own_default_not_the_class_defaults() -> None:
+    from scarce.config import from_dict
+
+    Scenes, Data = _Scenes, _Data
+    data = from_dict(Data, {"scenes": {"seed": 1}, "plain": {"seed": 2}, "fixed": {"seed": 3}})
+    assert data.scenes == Scenes(seed=1, size=128, scales=(0.5, 1.0))  # by hand: only the seed changes
+    assert data.plain == Scenes(seed=2) and data.fixed == Scenes(seed=3, size=64)
+    assert from_dict(Data, {"scenes": {"size": 96, "scales": [2.0]}}).scenes == Scenes(size=96, scales=(2.0,))
+    assert from_dict(Data, {}).scenes == Scenes(size=128, scales=(0.5, 1.0))
+
+
+def test_store_run_config_frees_only_the_named_keys_and_prefixes(tmp_path: Path) -> None:
+    from scarce.config import store_run_config
+    from scarce.errors import ScarceError
+
+    path = tmp_path / "config.yaml"
+    store_run_config(path, {"train": {"epochs": 3}, "segment": {"epochs": 1}, "multi_stage": False}, load_yaml)
+    later = {"train": {"epochs": 3}, "segment": {"epochs": 120}, "multi_stage": True}
+    with pytest.raises(ScarceError, match=r"multi_stage, segment\.epochs differ"):
+        store_run_config(path, later, load_yaml)
+    with pytest.raises(ScarceError, match=r"\(segment\.epochs differ"):
+        store_run_config(path, later, load_yaml, may_change=("multi_stage", "segment"))  # "segment" is one key
+    store_run_config(path, later, load_yaml, may_change=("multi_stage", "segment."))
+    assert load_yaml(path) == later  # the new values are stored
+    with pytest.raises(ScarceError, match=r"train\.epochs differ"):
+        store_run_config(path, {**later, "train": {"epochs": 4}}, load_yaml, may_change=("multi_stage", "segment."))
 
 
 @pytest.mark.parametrize("overrides, message", [

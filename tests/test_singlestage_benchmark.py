@@ -60,3 +60,14 @@ def test_unfinished_runs_and_untimed_cam_runs_are_named(tmp_path):
     (tmp_path / "cam" / "timings.json").write_text(json.dumps({"cam_val": 3.0}))
     with pytest.raises(ConfigError, match="cam"):
         singlestage.cam_unit_seconds([tmp_path / "cam"])
+
+
+def test_a_table_over_runs_on_different_data_is_refused(tmp_path):
+    runs = [_write_run(tmp_path / f"rs-s{seed}", 0.3, 0.4, 100.0) for seed in (0, 1)]
+    runs.append(_write_run(tmp_path / "rs_epm-s0", 0.3, 0.4, 100.0))
+    for seed, run in zip((0, 1, 0), runs):  # the scenes' seed may differ: it is what the seeds of a row are
+        (run / "config.yaml").write_text(f"data:\n  kind: scenes\n  scenes: {{seed: {seed}, image_size: 128}}\n")
+    assert set(singlestage.group_runs(runs)) == {"rs", "rs_epm"}
+    (runs[2] / "config.yaml").write_text("data:\n  kind: scenes\n  scenes: {seed: 0, image_size: 160}\n")
+    with pytest.raises(ConfigError, match=r"rs_epm-s0: made on different data \(scenes\.image_size differ\)"):
+        singlestage.group_runs(runs)

@@ -186,10 +186,23 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
+        default = _default(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # a partial mapping changes the field's own default (``data.scenes.seed=1`` keeps the 128 px that
+            # DataConfig chose), not the nested class's defaults
+            value = merge(to_dict(default), value)
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
     config = cls(**kwargs)
     check_ranges(config, where)
     return config
+
+
+def _default(spec: dataclasses.Field) -> Any:
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -240,15 +253,19 @@ def changed_keys(old: Any, new: Any, ignore: tuple[str, ...] = (), values: bool 
     return [f"{key}: {before.get(key)!r} → {after.get(key)!r}" for key in keys] if values else keys
 
 
-def store_run_config(path: Path, cfg: Any, load: Callable[[Path], Any]) -> None:
+def store_run_config(path: Path, cfg: Any, load: Callable[[Path], Any], may_change: tuple[str, ...] = ()) -> None:
     """Write a run folder's resolved config; refuse a folder made with another configuration (naming the keys).
 
     ``load`` reads the stored file with today's code (so a field added since then counts only if set otherwise).
+    ``may_change``: keys, or prefixes ending in ".", of stages that have written nothing yet, so that a finished
+    run can be continued with a stage added (nothing already computed was made with the old values).
     """
     from scarce.errors import ScarceError
     from scarce.io import write_text
 
     changed = changed_keys(load(path), cfg) if path.exists() else []
+    changed = [key for key in changed
+               if not any(key == free or (free.endswith(".") and key.startswith(free)) for free in may_change)]
     if changed:
         raise ScarceError(f"{path}: this run folder was made with another configuration ({', '.join(changed)} "
                           "differ); use another output folder")

@@ -68,15 +68,22 @@ def test_cli_runs_single_and_multi_stage(tiny_scenes, tmp_path, capsys):
     out = tmp_path / "run"
     sets = ["network.encoder.backbone=test_efficientnet", "network.encoder.pretrained=null",
             "network.decoder.channels=16", "train.epochs=1", "train.batch_size=4", "train.augment.crop_size=64",
-            "mix.kind=cutmix", "mix.start_epoch=0", "recurseed.pamr={dilations: [1], iterations: 1}", "infer.scales=[1.0]", "infer.flip=false", "multi_stage=true",
-            "segment.model.encoder=test_efficientnet", "segment.model.pretrained=null",
-            "segment.model.decoder_channels=16", "segment.train.epochs=1", "segment.train.batch_size=4",
-            "segment.train.augment.crop_size=64", "segment.scales=[1.0]", "segment.flip=false",
+            "mix.kind=cutmix", "mix.start_epoch=0", "recurseed.pamr={dilations: [1], iterations: 1}", "infer.scales=[1.0]", "infer.flip=false",
             f"data.root={tiny_scenes}"]
+    multi = ["multi_stage=true", "segment.model.encoder=test_efficientnet", "segment.model.pretrained=null",
+             "segment.model.decoder_channels=16", "segment.train.epochs=1", "segment.train.batch_size=4",
+             "segment.train.augment.crop_size=64", "segment.scales=[1.0]", "segment.flip=false"]
     # `scarce run` dispatches on the config's `pipeline: single_stage` (`scarce recurseed run` is the same command)
     args = ["run", "configs/recurseed/rs.yaml", "--out", str(out), "--quiet"]
     assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    single = json.loads((out / "metrics.json").read_text())
+    assert "multi_stage" not in single
+    checkpoint = (out / "train" / "model.pt").stat().st_mtime_ns
+    # the finished single-stage run adds the multi-stage route: nothing computed before is redone or changed
+    assert main(args + ["--resume"] + [x for s in sets + multi for x in ("--set", s)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "train" / "model.pt").stat().st_mtime_ns == checkpoint
+    assert metrics["single_stage"] == single["single_stage"] and metrics["seeds"] == single["seeds"]
     for route, splits in (("single_stage", ("val", "test")), ("multi_stage", ("pseudo_masks_train", "val", "test"))):
         for split in splits:
             assert 0.0 <= metrics[route][split]["miou"] <= 1.0
@@ -91,7 +98,10 @@ def test_cli_runs_single_and_multi_stage(tiny_scenes, tmp_path, capsys):
     assert report.count("data:image/png") >= 1 + 6 * 4  # the loss plot, then 6 columns for the 4 test scenes
     assert (out / "segment" / "pred" / "test").is_dir()
     args[0:1] = ["recurseed", "run"]
-    assert main(args + [x for s in sets for x in ("--set", s)] + ["--set", "train.epochs=2"]) == 1  # another config
+    assert main(args + [x for s in sets + multi for x in ("--set", s)] + ["--set", "train.epochs=2"]) == 1
+    # once the segmentation model exists, its settings are fixed too
+    assert main(args + [x for s in sets + multi for x in ("--set", s)] + ["--set", "segment.train.epochs=2"]) == 1
+    assert "segment.train.epochs" in capsys.readouterr().err
 
 
 def test_bad_settings_fail_at_once():
@@ -147,3 +157,17 @@ def test_a_scored_split_without_ground_truth_is_named_before_inference(tiny_scen
     with pytest.raises(ScarceError, match="'val' has no ground-truth"):
         run.single_stage(run.build(10)[0].eval())
     assert not (tmp_path / "run" / "predictions").exists()
+
+
+@pytest.mark.parametrize("name", ["rs", "rs_cutmix", "rs_classmix", "rs_epm"])
+def test_the_recurseed_configs_generate_the_ladders_scenes(name):
+    """The tables set single stage against the ladder: the same seed must give the same images. (The benchmark
+    commands' ``--set data.scenes.seed=1`` once rebuilt the scenes config from the class defaults: 160 px.)"""
+    from scarce.config import load_yaml, parse_overrides
+    from scarce.pipeline import load_run_config
+
+    seed_one = parse_overrides(["data.scenes.seed=1"])
+    ladder = load_run_config("configs/methods/base.yaml", seed_one).data.scenes
+    assert ladder.seed == 1 and ladder.image_size == 128
+    assert load_config(f"configs/recurseed/{name}.yaml", seed_one).data.scenes == ladder
+    assert load_yaml("configs/recurseed/rs.yaml")["train"]["augment"]["crop_size"] == ladder.image_size

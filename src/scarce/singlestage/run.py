@@ -125,8 +125,11 @@ class SingleStageRun:
         return {**earlier, **(read_json(path) if path.is_file() else {}), **self.timings}
 
     def write_config(self) -> None:
-        """Store the resolved config; refuse a folder made with another one."""
-        store_run_config(self.folder / "config.yaml", self.cfg, load_config)
+        """Store the resolved config; refuse a folder made with another one. Until the multi-stage route has
+        written anything, ``multi_stage`` and ``segment.*`` may change: a finished single-stage run can add it."""
+        started = (self.folder / "multi_stage.json").exists() or (self.folder / "segment").exists()
+        store_run_config(self.folder / "config.yaml", self.cfg, load_config,
+                         may_change=() if started else ("multi_stage", "segment."))
 
     @property
     def data_root(self) -> Path:
