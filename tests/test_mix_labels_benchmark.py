@@ -4,6 +4,9 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from scarce.errors import ConfigError
 
 _SPEC = importlib.util.spec_from_file_location("mix_labels", Path(__file__).parents[1] / "benchmarks" / "mix_labels.py")
 mix_labels = importlib.util.module_from_spec(_SPEC)
@@ -21,3 +24,9 @@ def test_label_counts_by_hand():
     # (2,3) = 2; another class (1,2) = 1; ignored (0,3) = 1. Labelled foreground where scored: (0,0) (0,1) (1,1)
     # (1,2) (2,2) = 5, of which right 3 ((1,3) is labelled 1 but its truth is 255: not scored).
     assert mix_labels.label_counts(labels, truth).tolist() == [3, 2, 1, 1, 5, 3]
+
+
+def test_an_unfinished_run_is_named_not_trained(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="run: no trained network"):
+        mix_labels.measure(tmp_path / "run")
