@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scarce.errors import ConfigError
 from scarce.singlestage import SingleStageRun, load_config
 from scarce.singlestage.objective import SingleStageObjective
 from scarce.singlestage.recurseed import class_keys, to_rgb
@@ -45,10 +44,8 @@ def label_counts(labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def measure(run_dir: Path) -> dict[str, dict[str, float]]:
-    if not (run_dir / "train" / "model.pt").is_file():  # a diagnostic never trains: train() would
-        raise ConfigError(f"{run_dir}: no trained network (train/model.pt); finish the run first")
     run = SingleStageRun(load_config(run_dir / "config.yaml"), run_dir, progress=False)
-    net = run.train()  # loads the finished network
+    net = run.trained()
     cfg = run.cfg
     dataset = run.dataset(cfg.data.train_split)
     sources = {name: SingleStageObjective(cfg.recurseed, dataclasses.replace(cfg.mix, kind=kind), cfg.train.epochs)

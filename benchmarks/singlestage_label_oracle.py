@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a finished single-stage run folder")
     args = parser.parse_args(argv)
     run = SingleStageRun(load_config(args.run / "config.yaml"), args.run, progress=False)
-    net = run.train()  # the trained network (a finished run is not retrained)
+    net = run.trained()
     for split in (run.cfg.data.val_split, run.cfg.data.test_split):
         with tempfile.TemporaryDirectory() as scratch:
             scores = run.label_split(net, split, Path(scratch), image_labels=True)

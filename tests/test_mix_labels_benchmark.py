@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 
 from scarce.errors import ConfigError
+from scarce.singlestage import SingleStageRun, load_config
 
-_SPEC = importlib.util.spec_from_file_location("mix_labels", Path(__file__).parents[1] / "benchmarks" / "mix_labels.py")
-mix_labels = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(mix_labels)
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mix_labels = _load("mix_labels")
+label_oracle = _load("singlestage_label_oracle")
 
 
 def test_label_counts_by_hand():
@@ -26,7 +34,12 @@ def test_label_counts_by_hand():
     assert mix_labels.label_counts(labels, truth).tolist() == [3, 2, 1, 1, 5, 3]
 
 
-def test_an_unfinished_run_is_named_not_trained(tmp_path):
-    (tmp_path / "run").mkdir()
+def test_the_diagnostics_name_an_unfinished_run_and_never_train_it(tmp_path):
+    """Both diagnostics read a finished network; on a run killed before ``train/model.pt`` they must not train."""
+    run_dir = tmp_path / "run"
+    SingleStageRun(load_config(), run_dir, progress=False).write_config()
     with pytest.raises(ConfigError, match="run: no trained network"):
-        mix_labels.measure(tmp_path / "run")
+        mix_labels.measure(run_dir)
+    with pytest.raises(ConfigError, match="run: no trained network"):
+        label_oracle.main([str(run_dir)])
+    assert not (run_dir / "train").exists()

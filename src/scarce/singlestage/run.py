@@ -166,6 +166,12 @@ class SingleStageRun:
             self.record_time("train", started)
         return load_trained(net, model_path)
 
+    def trained(self) -> SingleStageNet:
+        """The finished network, for diagnostics that must never train: a run without ``train/model.pt`` is refused."""
+        if not (self.folder / "train" / "model.pt").is_file():
+            raise ConfigError(f"{self.folder}: no trained network (train/model.pt); finish the run first")
+        return self.train()
+
     def predict(self, view: DecoderView, image: np.ndarray, classes: list[int] | None,
                 refiner: Refiner | None) -> np.ndarray:
         """(H, W) uint8 labels of one image: argmax over background and ``classes`` (None: those the classification
