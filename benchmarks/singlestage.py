@@ -46,11 +46,15 @@ def _at(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, Any] | None:
     return node
 
 
-def _cell(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+def _cell(values: Sequence[float], seeds: int, scale: float = 100.0, digits: int = 1) -> str:
+    """Mean (± std) of the values; a cell over fewer than the row's ``seeds`` says how many it has."""
     if not values:
         return "–"
     mean = statistics.fmean(values) * scale
-    return f"{mean:.{digits}f}" if len(values) < 2 else f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+    text = f"{mean:.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {statistics.stdev(values) * scale:.{digits}f}"
+    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
 
 
 def check_same_data(runs: Sequence[Path]) -> None:
@@ -93,13 +97,11 @@ def markdown(groups: dict[str, list[dict[str, Any]]], cam_unit: float | None) ->
         cells = [name, str(len(runs))]
         for _, keys in QUANTITIES:
             scored = [s for s in (_at(m, keys) for m in runs) if s is not None]
-            cells += [_cell([s["miou"] for s in scored]), _cell([s["fp"] for s in scored], 1, 3),
-                      _cell([s["fn"] for s in scored], 1, 3)]
+            cells += [_cell([s["miou"] for s in scored], len(runs)), _cell([s["fp"] for s in scored], len(runs), 1, 3),
+                      _cell([s["fn"] for s in scored], len(runs), 1, 3)]
+        # a run from before training times were kept, or without the multi-stage route, is missing from its cell
         train = [m["timings_s"]["train"] for m in runs if "train" in m.get("timings_s", {})]
-        cost = _cell([t / cam_unit for t in train], 1, 2) if cam_unit and train else "–"
-        if cam_unit and train and len(train) < len(runs):  # runs from before timings were kept
-            cost += f" ({len(train)} of {len(runs)} seeds)"
-        cells.append(cost)
+        cells.append(_cell([t / cam_unit for t in train], len(runs), 1, 2) if cam_unit else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

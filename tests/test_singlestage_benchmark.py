@@ -71,3 +71,13 @@ def test_a_table_over_runs_on_different_data_is_refused(tmp_path):
     (runs[2] / "config.yaml").write_text("data:\n  kind: scenes\n  scenes: {seed: 0, image_size: 160}\n")
     with pytest.raises(ConfigError, match=r"rs_epm-s0: made on different data \(scenes\.image_size differ\)"):
         singlestage.group_runs(runs)
+
+
+def test_a_multi_stage_score_over_fewer_seeds_than_the_row_says_so(tmp_path):
+    # only seed 0 added the multi-stage route: the cell is its score alone (55.0) and says so; seed 1 has none
+    runs = [_write_run(tmp_path / "rs_epm-s0", 0.30, 0.40, 200.0, multi=0.55),
+            _write_run(tmp_path / "rs_epm-s1", 0.40, 0.50, 400.0)]
+    text = singlestage.markdown(singlestage.group_runs(runs), cam_unit=200.0)
+    line = next(line for line in text.splitlines() if line.startswith("| rs_epm |"))
+    row = [cell.strip() for cell in line.strip("|").split("|")]
+    assert row[11] == "55.0 (1 of 2 seeds)" and row[8] == "45.0 ± 7.1" and row[-1] == "1.50 ± 0.71"
