@@ -67,12 +67,13 @@ def measure(run_dir: Path) -> dict[str, dict[str, float]]:
                     fg_area += [inside.sum(), gt_fg.sum(), (inside & gt_fg).sum()]
     table = {}
     for name, (right, background, other, ignored, labelled, labelled_right) in counts.items():
-        total = right + background + other + ignored
+        total = max(right + background + other + ignored, 1)  # a split without foreground gives zeros, not NaN
         table[name] = {"gt fg labelled right": right / total, "gt fg labelled background": background / total,
                        "gt fg labelled another class": other / total, "gt fg ignored (255)": ignored / total,
                        "precision of fg labels": labelled_right / max(labelled, 1)}
-    table["M_fg (EP's pasted region)"] = {"area / gt fg area": fg_area[0] / fg_area[1],
-                                          "gt fg inside M_fg": fg_area[2] / fg_area[1]}
+    gt_fg_area = max(fg_area[1], 1)
+    table["M_fg (EP's pasted region)"] = {"area / gt fg area": fg_area[0] / gt_fg_area,
+                                          "gt fg inside M_fg": fg_area[2] / gt_fg_area}
     return table
 
 
