@@ -43,6 +43,21 @@ def label_counts(labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
                      labelled.sum(), (labelled & right).sum()], dtype=np.int64)
 
 
+def fractions(counts: dict[str, np.ndarray], fg_area: np.ndarray) -> dict[str, dict[str, float]]:
+    """The printed fractions from the summed ``label_counts`` and EP's region areas; a split without foreground
+    gives zeros, not NaN."""
+    table = {}
+    for name, (right, background, other, ignored, labelled, labelled_right) in counts.items():
+        total = max(right + background + other + ignored, 1)
+        table[name] = {"gt fg labelled right": right / total, "gt fg labelled background": background / total,
+                       "gt fg labelled another class": other / total, "gt fg ignored (255)": ignored / total,
+                       "precision of fg labels": labelled_right / max(labelled, 1)}
+    gt_fg_area = max(fg_area[1], 1)
+    table["M_fg (EP's pasted region)"] = {"area / gt fg area": fg_area[0] / gt_fg_area,
+                                          "gt fg inside M_fg": fg_area[2] / gt_fg_area}
+    return table
+
+
 def measure(run_dir: Path) -> dict[str, dict[str, float]]:
     run = SingleStageRun(load_config(run_dir / "config.yaml"), run_dir, progress=False)
     net = run.trained()
@@ -65,16 +80,7 @@ def measure(run_dir: Path) -> dict[str, dict[str, float]]:
                 if objective.mixing.kind == "epm":
                     inside, gt_fg = region[0].numpy() > 0, (truth > 0) & (truth != IGNORE)
                     fg_area += [inside.sum(), gt_fg.sum(), (inside & gt_fg).sum()]
-    table = {}
-    for name, (right, background, other, ignored, labelled, labelled_right) in counts.items():
-        total = max(right + background + other + ignored, 1)  # a split without foreground gives zeros, not NaN
-        table[name] = {"gt fg labelled right": right / total, "gt fg labelled background": background / total,
-                       "gt fg labelled another class": other / total, "gt fg ignored (255)": ignored / total,
-                       "precision of fg labels": labelled_right / max(labelled, 1)}
-    gt_fg_area = max(fg_area[1], 1)
-    table["M_fg (EP's pasted region)"] = {"area / gt fg area": fg_area[0] / gt_fg_area,
-                                          "gt fg inside M_fg": fg_area[2] / gt_fg_area}
-    return table
+    return fractions(counts, fg_area)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,18 @@ def test_label_counts_by_hand():
     assert mix_labels.label_counts(labels, truth).tolist() == [3, 2, 1, 1, 5, 3]
 
 
+def test_fractions_by_hand_and_without_foreground():
+    counts = {"a": np.array([3, 2, 1, 1, 5, 3])}
+    table = mix_labels.fractions(counts, np.array([6, 7, 4]))
+    assert table["a"] == pytest.approx({"gt fg labelled right": 3 / 7, "gt fg labelled background": 2 / 7,
+                                        "gt fg labelled another class": 1 / 7, "gt fg ignored (255)": 1 / 7,
+                                        "precision of fg labels": 3 / 5})
+    assert table["M_fg (EP's pasted region)"] == pytest.approx({"area / gt fg area": 6 / 7, "gt fg inside M_fg": 4 / 7})
+    empty = mix_labels.fractions({"a": np.zeros(6, dtype=np.int64)}, np.zeros(3, dtype=np.int64))
+    values = [v for row in empty.values() for v in row.values()]
+    assert values == [0.0] * 7
+
+
 def test_the_diagnostics_name_an_unfinished_run_and_never_train_it(tmp_path):
     """Both diagnostics read a finished network; on a run killed before ``train/model.pt`` they must not train."""
     run_dir = tmp_path / "run"
