@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import shutil
 import statistics
@@ -73,7 +74,7 @@ def cam_unit_seconds(seed_run: Path) -> float:
     sibling = RunLayout(seed_run.parent / BASELINE).timings
     timings_file = sibling if sibling.is_file() else RunLayout(seed_run).timings
     timings = read_json(timings_file) if timings_file.is_file() else {}
-    if "train" not in timings:
+    if timings.get("train") is None:  # missing, or null: resumed from a checkpoint that kept no time
         raise ConfigError(f"{seed_run}: no classifier training time recorded to express costs in CAM units")
     return float(timings["train"])
 
@@ -95,9 +96,11 @@ def variant_run(seed_run: Path, folder: Path, refine: str, settings: dict[str, A
 
 
 def seed_cost_seconds(seed_run: Path) -> float:
-    """What the seed run's own stages cost: its training (if any), preparation and CAMs of every split."""
+    """What the seed run's own stages cost: its training (if any), preparation and CAMs of every split; NaN
+    where one of them is unknown (resumed from a checkpoint that kept no time)."""
     timings = read_json(RunLayout(seed_run).timings)
-    return sum(v for k, v in timings.items() if k in ("train", "prepare") or k.startswith("cam_"))
+    parts = [v for k, v in timings.items() if k in ("train", "prepare") or k.startswith("cam_")]
+    return math.nan if None in parts else sum(parts)
 
 
 def run_ladder(args: argparse.Namespace) -> int:
@@ -148,7 +151,8 @@ def run_ladder(args: argparse.Namespace) -> int:
             "val": metrics["segmentation"]["val"], "ceiling_test": metrics["ceiling"]["test"],
             "ceiling_val": metrics["ceiling"]["val"],
             "ratio": metrics["segmentation"]["test"]["miou"] / metrics["ceiling"]["test"]["miou"],
-            "cost_cam_units": {k: v / unit for k, v in timings.items() if k.startswith(("segmentation", "ceiling"))},
+            "cost_cam_units": {k: (math.nan if v is None else v / unit) for k, v in timings.items()
+                               if k.startswith(("segmentation", "ceiling"))},
             "config": to_dict(run.cfg.segment),
             "loss_curves": {name: loss_curve(folder / "train_log.csv")
                             for name, folder in (("segmentation", run.layout.segment), ("ceiling", run.layout.ceiling))},

@@ -99,8 +99,9 @@ def markdown(groups: dict[str, list[dict[str, Any]]], cam_unit: float | None) ->
             scored = [s for s in (_at(m, keys) for m in runs) if s is not None]
             cells += [_cell([s["miou"] for s in scored], len(runs)), _cell([s["fp"] for s in scored], len(runs), 1, 3),
                       _cell([s["fn"] for s in scored], len(runs), 1, 3)]
-        # a run from before training times were kept, or without the multi-stage route, is missing from its cell
-        train = [m["timings_s"]["train"] for m in runs if "train" in m.get("timings_s", {})]
+        # a run from before training times were kept, or resumed from a checkpoint that kept none (its time is
+        # stored as null), is missing from its cell
+        train = [t for t in (m.get("timings_s", {}).get("train") for m in runs) if t is not None]
         cells.append(_cell([t / cam_unit for t in train], len(runs), 1, 2) if cam_unit else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -51,6 +51,54 @@ def test_resume_after_kill_gives_identical_weights(tiny_scenes, tmp_path):
     assert (tmp_path / "a" / "train_log.csv").read_text() == (tmp_path / "b" / "train_log.csv").read_text()
 
 
+class StepClock:
+    """A clock that advances 10 s per optimisation step and at no other time, so seconds count steps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def on_step(self, kill_at: int | None = None):
+        def step(epoch: int, step: int) -> None:
+            self.now += 10.0
+            if step == kill_at:
+                raise Killed
+        return step
+
+
+def test_training_seconds_add_up_over_a_resume(tiny_scenes, tmp_path, monkeypatch):
+    """The cost of a killed and resumed run is the time of the 8 steps it kept (2 epochs of 4): the steps redone
+    after the last checkpoint count once; a checkpoint written before checkpoints kept time gives None."""
+    import types
+
+    import scarce.training.trainer as trainer
+
+    clock = StepClock()
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    data = open_dataset("scenes", tiny_scenes, "train")
+    straight = train_classifier(fresh_model(data.num_classes), data, CFG, tmp_path / "a", progress=False,
+                                on_step=clock.on_step())
+    assert straight.seconds == 80.0
+    with pytest.raises(Killed):  # killed after step 5; the last checkpoint is step 4 (40 s), step 5 is lost
+        train_classifier(fresh_model(data.num_classes), data, CFG, tmp_path / "b", progress=False,
+                         on_step=clock.on_step(kill_at=5))
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["seconds"] == 40.0
+    resumed = train_classifier(fresh_model(data.num_classes), data, CFG, tmp_path / "b", progress=False,
+                               resume=True, on_step=clock.on_step())
+    assert resumed.seconds == 80.0  # 40 s before the kill + steps 5 to 8 again
+
+    with pytest.raises(Killed):
+        train_classifier(fresh_model(data.num_classes), data, CFG, tmp_path / "c", progress=False,
+                         on_step=clock.on_step(kill_at=5))
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)
+    del state["seconds"]  # as written before checkpoints kept the time
+    torch.save(state, tmp_path / "c" / "checkpoint.pt")
+    old = train_classifier(fresh_model(data.num_classes), data, CFG, tmp_path / "c", progress=False, resume=True)
+    assert old.seconds is None
+
+
 def test_resume_refuses_another_configuration(tiny_scenes, tmp_path):
     data = open_dataset("scenes", tiny_scenes, "train")
     one_epoch = TrainConfig(epochs=1, batch_size=8, augment=AugmentConfig(crop_size=48))

@@ -163,7 +163,7 @@ class Run:
         self.layout = RunLayout(Path(folder))
         self.folder = self.layout.root
         self.stages = tuple(STAGES if stages is None else stages)
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float | None] = {}  # None: unknown (see TrainResult.seconds)
         self.resume = True
         self._trained: tuple[CamClassifier, torch.nn.Module] | None = None
         self.prepared_method: CamMethod | None = None
@@ -549,9 +549,9 @@ class Run:
         cfg = self.cfg.segment
         assert cfg is not None, "the segment stages run only with a segment: section"
         train_set = self.dataset(self.cfg.data.train_split)
-        with self._timed(f"{name}_train"):
-            path = train_segmenter(cfg, train_set, masks, folder, resume=self.resume, progress=self.progress)
-        model = load_segmenter(cfg, train_set.num_classes, path)
+        trained = train_segmenter(cfg, train_set, masks, folder, resume=self.resume, progress=self.progress)
+        self.timings[f"{name}_train"] = trained.seconds  # None: resumed from a checkpoint that kept no time
+        model = load_segmenter(cfg, train_set.num_classes, trained.model_path)
         trained_on = ("ground-truth masks" if masks is GROUND_TRUTH else
                       f"pseudo masks ({self.mask_maps}, threshold chosen on {self.cfg.data.val_split})")
         scores: dict[str, Any] = {"trained_on": f"{self.cfg.data.train_split}: {trained_on}",

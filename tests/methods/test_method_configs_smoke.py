@@ -69,6 +69,25 @@ def test_method_config_checks():
     lpcam = {"method": "lpcam", "start_from": "none", "uses_cam_classifier": True,
              "timings_s": {"train": 0.1, "prepare": 2.0, "cam_val": 2.0, "cam_test": 2.0}}
     assert cost_units(recam, cam) == (1.5, 1.0) and cost_units(lpcam, cam) == (1.0, 3.0)
+    # a training time stored as unknown (a resume from a checkpoint that kept none) is no cost, not 0 s
+    unknown = {**recam, "timings_s": {**recam["timings_s"], "train": None}}
+    assert cost_units(unknown, cam) == (None, 1.0)
+
+
+def test_a_train_cost_over_fewer_seeds_than_the_row_says_so():
+    from scarce.methods.compare import markdown_table, summarize
+
+    def record(seed: int, train: float | None) -> dict:
+        return {"method": "cam", "seed": seed, "start_from": "imagenet", "test": {"miou": 0.3, "fp": 0.1, "fn": 0.2},
+                "test_oracle": {"peak_iou": 0.31}, "threshold": 0.5, "error_profile": {"fp_far": 0.0, "fn_deep": 0.0},
+                "timings_s": {"train": train, "prepare": 0.0, "cam_test": 1.0}}
+
+    # CAM is its own unit: seed 1's time is unknown, so the cost is seed 0's alone and says so
+    rows = summarize({"cam": {0: record(0, 10.0), 1: record(1, None)}})
+    assert rows[0]["train_cost"] == 1.0 and rows[0]["train_cost_seeds"] == 1
+    assert "| 1.00 (1 of 2 seeds) | 1.00 |" in markdown_table(rows)
+    none_known = summarize({"cam": {0: record(0, None)}})
+    assert none_known[0]["train_cost_seeds"] == 0 and "| – | 1.00 |" in markdown_table(none_known)
 
 
 def test_scale_controls_match_the_methods_they_control():

@@ -93,7 +93,7 @@ def test_resume_after_kill_gives_identical_weights(tiny_scenes, tmp_path):
     data = open_dataset("scenes", tiny_scenes, "train")
     data = data.subset(data.samples[:9])  # 2 steps per epoch of 4 (the ninth image is dropped)
     cfg = tiny_config(epochs=2)
-    straight = train_segmenter(cfg, data, GROUND_TRUTH, tmp_path / "a", progress=False)
+    straight = train_segmenter(cfg, data, GROUND_TRUTH, tmp_path / "a", progress=False).model_path
 
     def kill(epoch: int, step: int) -> None:
         if epoch == 1:  # the first step of epoch 2: epoch 1's checkpoint is on disk
@@ -103,7 +103,7 @@ def test_resume_after_kill_gives_identical_weights(tiny_scenes, tmp_path):
         train_segmenter(cfg, data, GROUND_TRUTH, tmp_path / "b", progress=False, on_step=kill)
     assert not (tmp_path / "b" / "model.pt").exists()
     assert len(_log(tmp_path / "b" / "train_log.csv")) == 1
-    resumed = train_segmenter(cfg, data, GROUND_TRUTH, tmp_path / "b", progress=False)  # a fresh model object
+    resumed = train_segmenter(cfg, data, GROUND_TRUTH, tmp_path / "b", progress=False).model_path  # a fresh model
 
     a = torch.load(straight, weights_only=False)["model"]
     b = torch.load(resumed, weights_only=False)["model"]
@@ -142,7 +142,7 @@ def test_tiny_overfit_on_four_ground_truth_masks(tiny_scenes, tmp_path):
     four = data.subset(data.samples[:4])
     cfg = tiny_config(epochs=12, batch_size=2, lr=0.01)
     cfg = SegmentConfig(model=cfg.model, train=cfg.train, scales=(1.0,), flip=False)
-    path = train_segmenter(cfg, four, GROUND_TRUTH, tmp_path / "run", progress=False)
+    path = train_segmenter(cfg, four, GROUND_TRUTH, tmp_path / "run", progress=False).model_path
     losses = [float(row["loss"]) for row in _log(tmp_path / "run" / "train_log.csv")]
     assert len(losses) == 12 and losses[-1] < 0.5 * losses[0]
 

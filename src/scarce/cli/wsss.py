@@ -232,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     metrics = run.run(resume=True)
     print_summary(metrics, run.folder)
     print(f"wall time {time.perf_counter() - started:.0f} s (stages: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["timings_s"].items()) + ")")
+          + ", ".join(f"{k} unknown" if v is None else f"{k} {v:.0f} s" for k, v in metrics["timings_s"].items()) + ")")
     return 0
 
 

@@ -31,6 +31,7 @@ same test images). Finished runs are reused, so an interrupted comparison contin
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -161,16 +162,19 @@ def error_profile(masks: Path, dataset: WeakDataset) -> dict[str, object]:
     return profile.compute()
 
 
-def cost_units(result: dict[str, Any], cam: dict[str, Any]) -> tuple[float, float]:
-    """(training, inference) time of a method divided by CAM's of the same seed."""
+def cost_units(result: dict[str, Any], cam: dict[str, Any]) -> tuple[float | None, float]:
+    """(training, inference) time of a method divided by CAM's of the same seed; the training cost is None where
+    a training time is unknown (a run resumed from a checkpoint that kept none)."""
     t, c = result["timings_s"], cam["timings_s"]
     if result["start_from"] == "none":
-        train = c["train"]
+        parts = [c["train"]]
     else:  # ReCAM continues the CAM classifier; OC-CSE needs it as its frozen ordinary classifier
-        train = t["train"] + (c["train"] if result.get("uses_cam_classifier") else 0.0)
+        parts = [t["train"]] + ([c["train"]] if result.get("uses_cam_classifier") else [])
     infer = t["prepare"] + sum(v for k, v in t.items() if k.startswith("cam_"))
     cam_infer = c["prepare"] + sum(v for k, v in c.items() if k.startswith("cam_"))
-    return train / c["train"], infer / cam_infer
+    if None in parts or c["train"] is None:
+        return None, infer / cam_infer
+    return sum(parts) / c["train"], infer / cam_infer
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -196,7 +200,9 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, A
             "fp_far": float(np.mean([per_seed[s]["error_profile"]["fp_far"] for s in seeds])),
             "fn_deep": float(np.mean([per_seed[s]["error_profile"]["fn_deep"] for s in seeds])),
             "threshold": float(np.mean([per_seed[s]["threshold"] for s in seeds])),
-            "train_cost": float(np.mean([c[0] for c in costs])), "infer_cost": float(np.mean([c[1] for c in costs])),
+            # NaN (shown as a dash) where no seed's training time is known; "train_cost_seeds" says over how many
+            "train_cost": float(np.mean(known)) if (known := [c[0] for c in costs if c[0] is not None]) else math.nan,
+            "train_cost_seeds": len(known), "infer_cost": float(np.mean([c[1] for c in costs])),
         })
     return rows
 
@@ -209,8 +215,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['method']} | {r['miou_mean']:.1f} ± {r['miou_std']:.1f} | {r['gain_mean']:+.1f} | "
                      f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {r['fp_far']:.2f} | "
                      f"{r['fn_deep']:.2f} | {r['threshold']:.2f} | "
-                     f"{r['train_cost']:.2f} | {r['infer_cost']:.2f} |")
+                     f"{_train_cost(r)} | {r['infer_cost']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _train_cost(row: dict[str, Any]) -> str:
+    if not row["train_cost_seeds"]:
+        return "–"
+    partial = f" ({row['train_cost_seeds']} of {row['seeds']} seeds)" if row["train_cost_seeds"] < row["seeds"] else ""
+    return f"{row['train_cost']:.2f}{partial}"
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run], seed: int, count: int = 6) -> None:

@@ -3,8 +3,8 @@
 Public API (all in this package)::
 
     cfg = SegmentConfig()                                   # or scarce.config.from_dict(SegmentConfig, yaml["segment"])
-    path = train_segmenter(cfg, train_set, masks, out_dir)  # masks: a folder of <stem>.png, or GROUND_TRUTH
-    model = load_segmenter(cfg, train_set.num_classes, path)
+    trained = train_segmenter(cfg, train_set, masks, out_dir)  # masks: a folder of <stem>.png, or GROUND_TRUTH
+    model = load_segmenter(cfg, train_set.num_classes, trained.model_path)
     scores = evaluate_split(model, test_set, cfg, out_dir=None)  # SegmentationEvaluator scores: miou, iou, fp, fn, ...
     for sample, labels in predict_split(model, test_set, cfg, out_dir): ...  # label maps, written as <stem>.png
 
@@ -15,7 +15,8 @@ Public API (all in this package)::
   :class:`~scarce.errors.DataError` naming the file).
 - ``train_segmenter`` resumes from ``out_dir/checkpoint.pt`` (identical weights to an uninterrupted run),
   writes ``out_dir/train_log.csv`` (loss per epoch) and refuses a checkpoint made with another config or
-  other masks; it returns ``out_dir/model.pt``.
+  other masks; it returns a :class:`~scarce.training.TrainResult` (``out_dir/model.pt``, the log and the
+  training seconds, added up over resumed invocations).
 - Inference averages the softmax over ``cfg.scales`` and their flips; ``cfg.refine`` (e.g. ``("crf",)``)
   post-processes with refiners from :mod:`scarce.refinement`.
 

@@ -38,7 +38,7 @@ from scarce.io import IGNORE_INDEX
 from scarce.segmentation.data import MaskedImages, MaskSource, check_masks, describe_masks, mask_dataset
 from scarce.segmentation.model import Segmenter, SegmenterConfig, build_segmenter
 from scarce.training.losses import Objective
-from scarce.training.trainer import TrainConfig, load_trained, train_classifier
+from scarce.training.trainer import TrainConfig, TrainResult, load_trained, train_classifier
 from scarce.training.transforms import AugmentConfig
 
 
@@ -115,11 +115,11 @@ def train_segmenter(
     resume: bool = True,
     progress: bool = True,
     on_step: Callable[[int, int], None] | None = None,
-) -> Path:
+) -> TrainResult:
     """Train on ``dataset``'s images with ``masks`` (a folder of ``<stem>.png`` or ``GROUND_TRUTH``).
 
     Writes ``model.pt``, ``checkpoint.pt`` and ``train_log.csv`` in ``out_dir`` and returns the model's
-    path. Every mask is checked before the first step. A checkpoint made with another configuration or on
+    path and training seconds. Every mask is checked before the first step. A checkpoint made with another configuration or on
     other masks is refused. ``on_step(epoch, step)`` runs after each step (tests simulate a kill with it).
     """
     check_config(cfg)
@@ -129,9 +129,8 @@ def train_segmenter(
     model = build_segmenter(cfg.model, dataset.num_classes)
     pairs = MaskedImages(dataset, mask_set, model.mean_std, cfg.train.augment, cfg.train.seed)
     identity = {"segmenter": asdict(cfg.model), "num_classes": dataset.num_classes, "masks": describe_masks(masks)}
-    result = train_classifier(model, dataset, cfg.train, out_dir, objective=PixelCrossEntropy(), resume=resume,
-                              identity=identity, progress=progress, on_step=on_step, pairs=pairs, drop_last=True)
-    return result.model_path
+    return train_classifier(model, dataset, cfg.train, out_dir, objective=PixelCrossEntropy(), resume=resume,
+                            identity=identity, progress=progress, on_step=on_step, pairs=pairs, drop_last=True)
 
 
 def load_segmenter(cfg: SegmentConfig, num_classes: int, path: str | Path) -> Segmenter:

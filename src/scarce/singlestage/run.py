@@ -110,15 +110,16 @@ class SingleStageRun:
 
     def __init__(self, cfg: SingleStageConfig, folder: str | Path, progress: bool = True) -> None:
         self.cfg, self.folder, self.progress = cfg, Path(folder), progress
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float | None] = {}
 
-    def record_time(self, stage: str, started: float) -> None:
-        """Add a stage's seconds to ``timings.json`` at once, so that a later, resumed invocation still reports them
-        (the cost of a stage resumed after a kill counts only its resumed part)."""
-        self.timings[stage] = time.perf_counter() - started
+    def record_time(self, stage: str, seconds: float | None) -> None:
+        """Write a stage's seconds to ``timings.json`` at once, so that a later, resumed invocation still reports
+        them. Training stages pass the trainer's count, which adds up the invocations of a resumed run; None (a
+        checkpoint that kept no time) is stored as unknown, never as the resumed part alone."""
+        self.timings[stage] = seconds
         write_json(self.folder / "timings.json", self.stored_timings())
 
-    def stored_timings(self) -> dict[str, float]:
+    def stored_timings(self) -> dict[str, float | None]:
         path, metrics = self.folder / "timings.json", self.folder / "metrics.json"
         # runs made before timings.json existed kept their timings only in metrics.json: keep those too
         earlier = read_json(metrics).get("timings_s", {}) if metrics.is_file() else {}
@@ -160,10 +161,10 @@ class SingleStageRun:
         if not model_path.exists():
             identity = {"network": asdict(self.cfg.network), "recurseed": asdict(self.cfg.recurseed),
                         "mix": asdict(self.cfg.mix), "classes": list(train_set.class_names)}
-            started = time.perf_counter()
-            train_classifier(net, train_set, self.cfg.train, self.folder / "train", objective, resume=resume,
-                             identity=identity, progress=self.progress, on_step=on_step, drop_last=True)
-            self.record_time("train", started)
+            trained = train_classifier(net, train_set, self.cfg.train, self.folder / "train", objective,
+                                       resume=resume, identity=identity, progress=self.progress, on_step=on_step,
+                                       drop_last=True)
+            self.record_time("train", trained.seconds)
         return load_trained(net, model_path)
 
     def trained(self) -> SingleStageNet:
@@ -218,7 +219,7 @@ class SingleStageRun:
         started = time.perf_counter()
         scores = {split: self.label_split(net, split, self.folder / "predictions" / split, image_labels=False)
                   for split in (self.cfg.data.val_split, self.cfg.data.test_split)}
-        self.record_time("single_stage_inference", started)
+        self.record_time("single_stage_inference", time.perf_counter() - started)
         write_json(path, scores)
         return scores
 
@@ -273,11 +274,10 @@ class SingleStageRun:
             return read_json(path)
         masks, mask_scores = self.pseudo_masks(net)
         train_set = self.dataset(self.cfg.data.train_split)
-        started = time.perf_counter()
-        model_path = train_segmenter(self.cfg.segment, train_set, masks, self.folder / "segment", resume=resume,
-                                     progress=self.progress)
-        self.record_time("segment_train", started)
-        segmenter = load_segmenter(self.cfg.segment, train_set.num_classes, model_path)
+        trained = train_segmenter(self.cfg.segment, train_set, masks, self.folder / "segment", resume=resume,
+                                  progress=self.progress)
+        self.record_time("segment_train", trained.seconds)
+        segmenter = load_segmenter(self.cfg.segment, train_set.num_classes, trained.model_path)
         scores = {"pseudo_masks_train": mask_scores}
         for split in (self.cfg.data.val_split, self.cfg.data.test_split):
             scores[split] = evaluate_split(segmenter, self.dataset(split), self.cfg.segment,

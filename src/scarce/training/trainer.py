@@ -128,7 +128,10 @@ def build_optimizer(model: CamClassifier, objective: Objective, cfg: TrainConfig
 class TrainResult:
     model_path: Path
     log_path: Path
-    seconds: float
+    seconds: float | None
+    """Training seconds of the steps kept, summed over every invocation that resumed the run (a killed run's
+    steps after its last checkpoint are redone, so they count once); None when it resumed a checkpoint written
+    before checkpoints kept the count."""
 
 
 def train_classifier(
@@ -182,7 +185,7 @@ def train_classifier(
     optimizer = build_optimizer(model, objective, cfg)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
-    start_step, log_rows, carried = 0, [], (0.0, 0)
+    start_step, log_rows, carried, seconds_before = 0, [], (0.0, 0), 0.0
     if ckpt_path.exists():
         if not resume:
             raise ScarceError(f"{ckpt_path}: a checkpoint exists; pass --resume to continue it, or use another output folder")
@@ -194,6 +197,7 @@ def train_classifier(
         optimizer.load_state_dict(state["optimizer"])
         gpu.load_state_dict(state.get("scaler"))
         start_step, log_rows, carried = state["step"], state["log"], state["running"]
+        seconds_before = state.get("seconds")
     barrier()  # every rank has read the checkpoint before rank 0 writes the next one
 
     images = pairs if pairs is not None else AugmentedImages(dataset, model.mean_std, cfg.augment, cfg.seed)
@@ -201,11 +205,15 @@ def train_classifier(
     bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                disable=not (progress and ranks.is_main), leave=False)
 
+    def seconds_so_far() -> float | None:
+        return None if seconds_before is None else seconds_before + time.perf_counter() - started
+
     def save_checkpoint(step: int, running: tuple[float, int] = (0.0, 0)) -> None:
         if ranks.is_main:
             save_torch(ckpt_path, {"model": model.state_dict(), "objective": objective.state_dict(),
                                    "optimizer": optimizer.state_dict(), "scaler": gpu.state_dict(), "step": step,
-                                   "log": log_rows, "running": running, "fingerprint": fingerprint})
+                                   "log": log_rows, "running": running, "fingerprint": fingerprint,
+                                   "seconds": seconds_so_far()})
             _write_log(log_path, log_rows)
 
     step, parts = start_step, {}
@@ -264,7 +272,7 @@ def train_classifier(
                                 "fingerprint": fingerprint})
         _write_log(log_path, log_rows)
     barrier()  # the model file is there before any rank reads it
-    return TrainResult(model_path, log_path, time.perf_counter() - started)
+    return TrainResult(model_path, log_path, seconds_so_far())
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
