@@ -119,8 +119,8 @@ def train_segmenter(
     """Train on ``dataset``'s images with ``masks`` (a folder of ``<stem>.png`` or ``GROUND_TRUTH``).
 
     Writes ``model.pt``, ``checkpoint.pt`` and ``train_log.csv`` in ``out_dir`` and returns the model's
-    path and training seconds. Every mask is checked before the first step. A checkpoint made with another configuration or on
-    other masks is refused. ``on_step(epoch, step)`` runs after each step (tests simulate a kill with it).
+    path and training seconds. Every mask is checked before the first step. A checkpoint made with another
+    configuration or on other masks is refused. ``on_step(epoch, step)`` runs after each step (tests simulate a kill with it).
     """
     check_config(cfg)
     mask_set = mask_dataset(dataset, masks)
