@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from scarce.config import changed_keys, load_yaml
 from scarce.errors import ConfigError
 from scarce.io import read_json, write_text
+from scarce.report.tables import over_seeds
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
 QUANTITIES = (  # (column title, where in metrics.json)
@@ -54,7 +55,7 @@ def _cell(values: Sequence[float], seeds: int, scale: float = 100.0, digits: int
     text = f"{mean:.{digits}f}"
     if len(values) > 1:
         text += f" ± {statistics.stdev(values) * scale:.{digits}f}"
-    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
+    return over_seeds(text, len(values), seeds)
 
 
 def check_same_data(runs: Sequence[Path]) -> None:

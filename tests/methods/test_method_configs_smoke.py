@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,9 @@ def test_a_train_cost_over_fewer_seeds_than_the_row_says_so():
     assert "| 1.00 (1 of 2 seeds) | 1.00 |" in markdown_table(rows)
     none_known = summarize({"cam": {0: record(0, None)}})
     assert none_known[0]["train_cost_seeds"] == 0 and "| – | 1.00 |" in markdown_table(none_known)
+    # results.json stays strict JSON: an unknown cost is null, not NaN (which json.loads elsewhere rejects)
+    assert none_known[0]["train_cost"] is None
+    json.dumps(none_known, allow_nan=False)
 
 
 def test_scale_controls_match_the_methods_they_control():

@@ -31,7 +31,6 @@ same test images). Finished runs are reused, so an interrupted comparison contin
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -50,6 +49,7 @@ from scarce.methods import MethodConfig, substitute_cam_model
 from scarce.metrics.extent import ErrorDistanceProfile
 from scarce.pipeline import Run, RunConfig, load_run_config
 from scarce.provenance import environment
+from scarce.report.tables import over_seeds
 from scarce.training import load_trained
 
 DEFAULT_BASE = Path("configs") / "methods" / "base.yaml"  # relative to the repository root
@@ -200,8 +200,9 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, A
             "fp_far": float(np.mean([per_seed[s]["error_profile"]["fp_far"] for s in seeds])),
             "fn_deep": float(np.mean([per_seed[s]["error_profile"]["fn_deep"] for s in seeds])),
             "threshold": float(np.mean([per_seed[s]["threshold"] for s in seeds])),
-            # NaN (shown as a dash) where no seed's training time is known; "train_cost_seeds" says over how many
-            "train_cost": float(np.mean(known)) if (known := [c[0] for c in costs if c[0] is not None]) else math.nan,
+            # None (JSON null, shown as a dash) where no seed's training time is known; "train_cost_seeds" says
+            # over how many seeds the mean is
+            "train_cost": float(np.mean(known)) if (known := [c[0] for c in costs if c[0] is not None]) else None,
             "train_cost_seeds": len(known), "infer_cost": float(np.mean([c[1] for c in costs])),
         })
     return rows
@@ -222,8 +223,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def _train_cost(row: dict[str, Any]) -> str:
     if not row["train_cost_seeds"]:
         return "–"
-    partial = f" ({row['train_cost_seeds']} of {row['seeds']} seeds)" if row["train_cost_seeds"] < row["seeds"] else ""
-    return f"{row['train_cost']:.2f}{partial}"
+    return over_seeds(f"{row['train_cost']:.2f}", row["train_cost_seeds"], row["seeds"])
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run], seed: int, count: int = 6) -> None:
@@ -240,7 +240,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run],
                      "activation); cost is time divided by CAM's in the same run.")
     report.table([{"method": r["method"], "test mIoU": r["miou_mean"], "± std": r["miou_std"], "Δ vs CAM": r["gain_mean"],
                    "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": r["fp_far"],
-                   "FN deep": r["fn_deep"], "train cost": r["train_cost"],
+                   "FN deep": r["fn_deep"], "train cost": _train_cost(r),
                    "inference cost": r["infer_cost"]} for r in rows], caption="Methods", float_format="{:.2f}")
     baseline = runs[BASELINE]
     test = baseline.cfg.data.test_split
