@@ -64,7 +64,7 @@ def test_fine_tuning_loop_against_a_hand_computation():
     model = PixelHead()
     method = _rib(stop_th=1e9, explode_ratio=1.0)
     maps = method(model, PAIR, [0])
-    assert method.steps_taken == [2]
+    assert method.steps_taken == [2] and method.stop_reasons == ["iterations"]
     # maps of step 0 (W_0 = 1) and step 1 (W_0 = 1 + 1/2) are summed, per view
     assert torch.allclose(maps[:, 0], 2.5 * PAIR[:, 0])
     assert torch.equal(model.weight, torch.ones(2, 1))  # the model itself never moves
@@ -77,8 +77,10 @@ def test_stop_rule_on_the_target_logits_of_the_loss_views():
     model = PixelHead()
     stopped, going = _rib(stop_th=1.4, explode_ratio=1.0), _rib(stop_th=1.6, explode_ratio=1.0)
     assert torch.allclose(stopped(model, PAIR, [0])[:, 0], PAIR[:, 0]) and stopped.steps_taken == [1]
+    assert stopped.stop_reasons == ["stop_th"]
     going(model, PAIR, [0])
-    assert going.steps_taken == [2]
+    # step 1 (W_0 = 1.5): 2 · 1.5/4 = 0.75, 2.25 on RIB's scale, so the rule fires on the last step too
+    assert going.steps_taken == [2] and going.stop_reasons == ["stop_th"]
     assert loss_views((1.0, 0.5, 1.5, 2.0)) == [0, 2, 3] and loss_views((0.5,)) == [0]  # RIB drops its 0.5 scale
     assert stop_value(-100.0, 6) == 100.0 and stop_value(50.0, 2) == 150.0
 
@@ -89,10 +91,11 @@ def test_explode_rule_on_the_flip_summed_map_from_the_second_step():
     exploded = _rib(rib_iter=5, stop_th=1e9, explode_ratio=0.7)
     maps = exploded(model, PAIR, [0])
     assert exploded.steps_taken == [2]  # checked from step 1 on, after that step's map was added
+    assert exploded.stop_reasons == ["explode"]
     assert torch.allclose(maps[:, 0], 2.5 * PAIR[:, 0])
     kept = _rib(rib_iter=3, stop_th=1e9, explode_ratio=0.75)  # 3/4 is not more than 0.75
     kept(model, PAIR, [0])
-    assert kept.steps_taken == [3]
+    assert kept.steps_taken == [3] and kept.stop_reasons == ["iterations"]
     # the first view alone would explode, the flip-summed map [[1, 2], [43, 4]] (1 pixel of 4 above 0.3) does not
     lopsided = torch.cat([IMAGE, torch.tensor([[[[0.0, 0.0], [0.0, 40.0]]]])])
     summed = _rib(rib_iter=3, stop_th=1e9, explode_ratio=0.7)

@@ -135,7 +135,7 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
     timings = {"train": stored.get("train", 0.0), "prepare": stored.get("prepare", 0.0),
                **{k: v for k, v in stored.items() if k.startswith("cam_")}}
     extra = {}
-    for attr in ("stats", "steps_taken"):
+    for attr in ("stats", "steps_taken", "stop_reasons"):
         if hasattr(run.prepared_method, attr):
             extra[attr] = getattr(run.prepared_method, attr)
     result = {"method": method.name, "seed": seed, "start_from": method.start_from,

@@ -30,7 +30,7 @@ by the loss rather than by the backbone (the loss saturates at logits of a few u
 width), and the GNDP logit of the non-discriminative region starts below the full logit; 600 is therefore
 a guard against runaway logits in both settings, far above where fine-tuning starts, and it is kept (per
 RIB's 6 rows) rather than re-tuned. This is reasoning, not a measurement: how often the rule fires on the
-benchmark has not been measured (``Rib.steps_taken`` records each image's number of steps). The explode
+benchmark is recorded per image (``Rib.steps_taken``, ``Rib.stop_reasons``; `scarce compare` stores both). The explode
 rule, on normalised maps, is scale-free.
 
 Deviations, for cost or from the toolkit's structure, all stated:
@@ -148,6 +148,8 @@ class Rib(CamMethod):
         self.pool_labels: torch.Tensor | None = None
         self.rng = np.random.default_rng(self.options.seed)
         self.steps_taken: list[int] = []
+        # per image, why fine-tuning ended: "explode", "stop_th" or "iterations" (rib_iter steps run)
+        self.stop_reasons: list[str] = []
 
     def prepare(self, model: CamModel, train_set, work_dir: Path) -> None:
         """Pick the pool of candidate disjoint images and compute their inputs to the tuned part once."""
@@ -206,7 +208,7 @@ class Rib(CamMethod):
         rows = sum(len(views[i]) for i in in_loss)
         disjoint = torch.nonzero((self.pool_labels[:, picked] == 0).all(dim=1)).flatten()
         totals: list[torch.Tensor | None] = [None] * len(views)
-        steps = 0
+        steps, reason = 0, "iterations"
         tuned.eval()  # BatchNorm statistics stay frozen, as in RIB (IRN's frozen BN)
         for step in range(opts.rib_iter):
             for group in optimizer.param_groups:
@@ -224,6 +226,7 @@ class Rib(CamMethod):
                 if i in in_loss:
                     target = target + (gndp(maps, target_labels.expand(len(maps), -1), opts.score_th) * target_labels).sum()
             if exploded:
+                reason = "explode"
                 break
             loss = -target
             if len(disjoint) and opts.rib_batch > 0:
@@ -236,8 +239,10 @@ class Rib(CamMethod):
             loss.backward()
             optimizer.step()
             if stop_value(float(target.detach()), rows) > opts.stop_th:
+                reason = "stop_th"
                 break
         self.steps_taken.append(steps)
+        self.stop_reasons.append(reason)
         return [total for total in totals if total is not None]
 
     def _exploded(self, maps: torch.Tensor) -> bool:
