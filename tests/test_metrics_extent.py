@@ -74,7 +74,7 @@ def test_confusions_and_ignored_pixels_are_not_counted_and_depth_is_to_the_own_b
     out = profile.compute()
     # misses (0,1), (1,0): depth 2 and 3 (to the band at (0,3), class 2 at (1,3)); (0,2), (1,2): depth 1
     assert out["fn_counts"] == [2, 2]
-    assert out["fp_counts"] == [0, 0] and np.isnan(out["fp_far"])
+    assert out["fp_counts"] == [0, 0] and out["fp_shares"] == [None, None] and out["fp_far"] is None
     whole = ErrorDistanceProfile(edges=(1,))
     whole.update(np.zeros((2, 2), dtype=np.uint8), np.ones((2, 2), dtype=np.uint8))
     assert whole.compute()["fn_counts"] == [0, 4]  # a class covering the image has no boundary: all deep

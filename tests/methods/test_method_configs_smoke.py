@@ -94,6 +94,24 @@ def test_a_train_cost_over_fewer_seeds_than_the_row_says_so():
     json.dumps(none_known, allow_nan=False)
 
 
+def test_a_share_undefined_on_a_seed_is_left_out_of_the_mean_and_said_so():
+    """A seed whose masks have no false positive has no FP-far share (None; NaN in older records)."""
+    from scarce.methods.compare import markdown_table, summarize
+
+    def record(fp_far: float | None) -> dict:
+        return {"start_from": "imagenet", "test": {"miou": 0.3, "fp": 0.1, "fn": 0.2}, "test_oracle": {"peak_iou": 0.31},
+                "threshold": 0.5, "error_profile": {"fp_far": fp_far, "fn_deep": 0.25},
+                "timings_s": {"train": 1.0, "prepare": 0.0, "cam_test": 1.0}}
+
+    rows = summarize({"cam": {0: record(0.2), 1: record(None), 2: record(float("nan")), 3: record(0.4)}})
+    assert rows[0]["fp_far"] == pytest.approx(0.3) and rows[0]["fp_far_seeds"] == 2
+    assert rows[0]["fn_deep"] == 0.25 and rows[0]["fn_deep_seeds"] == 4
+    assert "| 0.30 (2 of 4 seeds) | 0.25 |" in markdown_table(rows)
+    none = summarize({"cam": {0: record(None)}})
+    assert none[0]["fp_far"] is None and "| – | 0.25 |" in markdown_table(none)
+    json.dumps(rows + none, allow_nan=False)
+
+
 def test_scale_controls_match_the_methods_they_control():
     """The controls isolate a method from its inference scales: each copies exactly the settings it claims to."""
     from scarce.config import load_yaml, merge

@@ -31,6 +31,7 @@ same test images). Finished runs are reused, so an interrupted comparison contin
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -182,6 +183,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
+def _defined_mean(key: str, values: Sequence[float | None]) -> dict[str, Any]:
+    """``{key: mean of the defined values or None, key_seeds: how many}``; None and NaN (records written
+    before undefined shares were stored as null) are undefined."""
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    return {key: float(np.mean(defined)) if defined else None, f"{key}_seeds": len(defined)}
+
+
+def _share_cell(row: dict[str, Any], key: str) -> str:
+    if not row[f"{key}_seeds"]:
+        return "–"
+    return over_seeds(f"{row[key]:.2f}", row[f"{key}_seeds"], row["seeds"])
+
+
 def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     cam = results[BASELINE]
@@ -197,8 +211,9 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, A
             "peak_iou": float(np.mean([100 * per_seed[s]["test_oracle"]["peak_iou"] for s in seeds])),
             "fp": float(np.mean([per_seed[s]["test"]["fp"] for s in seeds])),
             "fn": float(np.mean([per_seed[s]["test"]["fn"] for s in seeds])),
-            "fp_far": float(np.mean([per_seed[s]["error_profile"]["fp_far"] for s in seeds])),
-            "fn_deep": float(np.mean([per_seed[s]["error_profile"]["fn_deep"] for s in seeds])),
+            # a seed without false positives (or misses) has no share: the mean is over the others
+            **_defined_mean("fp_far", [per_seed[s]["error_profile"]["fp_far"] for s in seeds]),
+            **_defined_mean("fn_deep", [per_seed[s]["error_profile"]["fn_deep"] for s in seeds]),
             "threshold": float(np.mean([per_seed[s]["threshold"] for s in seeds])),
             # None (JSON null, shown as a dash) where no seed's training time is known; "train_cost_seeds" says
             # over how many seeds the mean is
@@ -214,8 +229,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['miou_mean']:.1f} ± {r['miou_std']:.1f} | {r['gain_mean']:+.1f} | "
-                     f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {r['fp_far']:.2f} | "
-                     f"{r['fn_deep']:.2f} | {r['threshold']:.2f} | "
+                     f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {_share_cell(r, 'fp_far')} | "
+                     f"{_share_cell(r, 'fn_deep')} | {r['threshold']:.2f} | "
                      f"{_train_cost(r)} | {r['infer_cost']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -239,8 +254,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run],
                      "from any object (context leakage) and of misses deeper than 16 px inside one (partial "
                      "activation); cost is time divided by CAM's in the same run.")
     report.table([{"method": r["method"], "test mIoU": r["miou_mean"], "± std": r["miou_std"], "Δ vs CAM": r["gain_mean"],
-                   "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": r["fp_far"],
-                   "FN deep": r["fn_deep"], "train cost": _train_cost(r),
+                   "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": _share_cell(r, "fp_far"),
+                   "FN deep": _share_cell(r, "fn_deep"), "train cost": _train_cost(r),
                    "inference cost": r["infer_cost"]} for r in rows], caption="Methods", float_format="{:.2f}")
     baseline = runs[BASELINE]
     test = baseline.cfg.data.test_split

@@ -82,11 +82,12 @@ class ErrorDistanceProfile:
 
         ``fp_far``: share of false positives farther than ``edges[-1]`` from any object (context leakage);
         ``fn_deep``: share of misses deeper than ``edges[-1]`` inside an object (partial activation).
-        Shares are NaN when there is no error of that kind.
+        Shares are None (JSON null) when there is no error of that kind: a share of nothing is undefined, and
+        NaN would make the run's JSON unreadable to strict parsers.
         """
-        def shares(counts: np.ndarray) -> list[float]:
+        def shares(counts: np.ndarray) -> list[float] | list[None]:
             total = counts.sum()
-            return (counts / total).tolist() if total else [float("nan")] * counts.size
+            return (counts / total).tolist() if total else [None] * counts.size
 
         fp_shares, fn_shares = shares(self.false_positive), shares(self.missed)
         labels = [f"<={e:g}" for e in self.edges] + [f">{self.edges[-1]:g}"]
