@@ -190,7 +190,8 @@ def _defined_mean(key: str, values: Sequence[float | None]) -> dict[str, Any]:
     return {key: float(np.mean(defined)) if defined else None, f"{key}_seeds": len(defined)}
 
 
-def _share_cell(row: dict[str, Any], key: str) -> str:
+def _partial_cell(row: dict[str, Any], key: str) -> str:
+    """A value of :func:`_defined_mean`: a dash where no seed defines it, else says over how many seeds."""
     if not row[f"{key}_seeds"]:
         return "–"
     return over_seeds(f"{row[key]:.2f}", row[f"{key}_seeds"], row["seeds"])
@@ -215,10 +216,9 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, A
             **_defined_mean("fp_far", [per_seed[s]["error_profile"]["fp_far"] for s in seeds]),
             **_defined_mean("fn_deep", [per_seed[s]["error_profile"]["fn_deep"] for s in seeds]),
             "threshold": float(np.mean([per_seed[s]["threshold"] for s in seeds])),
-            # None (JSON null, shown as a dash) where no seed's training time is known; "train_cost_seeds" says
-            # over how many seeds the mean is
-            "train_cost": float(np.mean(known)) if (known := [c[0] for c in costs if c[0] is not None]) else None,
-            "train_cost_seeds": len(known), "infer_cost": float(np.mean([c[1] for c in costs])),
+            # a training time unknown on a seed (a resume from a checkpoint that kept none) is left out likewise
+            **_defined_mean("train_cost", [c[0] for c in costs]),
+            "infer_cost": float(np.mean([c[1] for c in costs])),
         })
     return rows
 
@@ -229,16 +229,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['miou_mean']:.1f} ± {r['miou_std']:.1f} | {r['gain_mean']:+.1f} | "
-                     f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {_share_cell(r, 'fp_far')} | "
-                     f"{_share_cell(r, 'fn_deep')} | {r['threshold']:.2f} | "
-                     f"{_train_cost(r)} | {r['infer_cost']:.2f} |")
+                     f"{r['peak_iou']:.1f} | {r['fp']:.3f} | {r['fn']:.3f} | {_partial_cell(r, 'fp_far')} | "
+                     f"{_partial_cell(r, 'fn_deep')} | {r['threshold']:.2f} | "
+                     f"{_partial_cell(r, 'train_cost')} | {r['infer_cost']:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def _train_cost(row: dict[str, Any]) -> str:
-    if not row["train_cost_seeds"]:
-        return "–"
-    return over_seeds(f"{row['train_cost']:.2f}", row["train_cost_seeds"], row["seeds"])
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run], seed: int, count: int = 6) -> None:
@@ -254,8 +248,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], runs: Mapping[str, Run],
                      "from any object (context leakage) and of misses deeper than 16 px inside one (partial "
                      "activation); cost is time divided by CAM's in the same run.")
     report.table([{"method": r["method"], "test mIoU": r["miou_mean"], "± std": r["miou_std"], "Δ vs CAM": r["gain_mean"],
-                   "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": _share_cell(r, "fp_far"),
-                   "FN deep": _share_cell(r, "fn_deep"), "train cost": _train_cost(r),
+                   "oracle Peak IoU": r["peak_iou"], "FP": r["fp"], "FN": r["fn"], "FP far": _partial_cell(r, "fp_far"),
+                   "FN deep": _partial_cell(r, "fn_deep"), "train cost": _partial_cell(r, "train_cost"),
                    "inference cost": r["infer_cost"]} for r in rows], caption="Methods", float_format="{:.2f}")
     baseline = runs[BASELINE]
     test = baseline.cfg.data.test_split
