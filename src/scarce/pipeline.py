@@ -682,11 +682,16 @@ def extract_cams(model: CamClassifier, dataset: WeakDataset, cfg: CamConfig, out
     for batch in batches_of_same_size(todo, cfg.batch_size):
         images = torch.stack([to_tensor(image, model.mean_std) for _, image in batch]).to(device)
         wanted = sorted({c for sample, _ in batch for c in sample.labels})
+        extractor.method.begin_images([sample.stem for sample, _ in batch])
         maps = extractor(images, wanted).cpu() if wanted else None
+        notes = extractor.method.take_notes()
+        if notes and len(notes) != len(batch):
+            raise ScarceError(f"CAM method {extractor.method.name!r} recorded notes for {len(notes)} images of a "
+                              f"batch of {len(batch)}")
         for i, (sample, _) in enumerate(batch):
             rows = [wanted.index(c) for c in sample.labels]
             cams = maps[i, rows].numpy() if maps is not None and rows else np.zeros((0, *images.shape[-2:]), np.float32)
-            save_cam(RunLayout.map_file(out_dir, sample.stem), cams, list(sample.labels))
+            save_cam(RunLayout.map_file(out_dir, sample.stem), cams, list(sample.labels), notes[i] if notes else None)
         bar.update(len(batch) * world().size)  # the other ranks progress alike
     bar.close()
 

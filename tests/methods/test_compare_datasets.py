@@ -45,3 +45,29 @@ def test_compare_help_names_the_command(capsys):
         main(["compare", "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and out.startswith("usage: scarce compare") and "--quiet" in out
+
+
+def test_a_resumed_rib_run_records_the_notes_of_every_image(tiny_scenes, tmp_path):
+    """RIB's steps and stop reasons per image come from the CAM files: after a run killed halfway through its test
+    CAMs resumes, the record covers the images of both invocations, with what the first one wrote."""
+    import shutil
+
+    sets = [arg for item in [*TINY, "data.kind=voc", f"data.root={tiny_scenes}"] for arg in ("--set", item)]
+    tiny_rib = ["rib:cam.scales=[1.0]", "rib:cam.options.rib_iter=2", "rib:cam.options.rib_batch=2",
+                "rib:cam.options.pool_images=8"]
+    command = ["compare", str(CONFIGS / "cam.yaml"), str(CONFIGS / "rib.yaml"), "--out", str(tmp_path), "--seeds", "3",
+               "--base", str(CONFIGS / "base.yaml"), "--quiet", *sets,
+               *[arg for item in tiny_rib for arg in ("--set-method", item)]]
+    assert main(command) == 0
+    run = tmp_path / "seed3" / "rib"
+    first = read_json(run / "compare.json")["extra"]["image_notes"]
+    stems = {split: [s.stem for s in load_voc(tiny_scenes, split, allow_empty=True).samples] for split in ("val", "test")}
+    assert {split: sorted(notes) for split, notes in first.items()} == {k: sorted(v) for k, v in stems.items()}
+    # the kill: the record, the scores and masks, and the second half of the test CAMs are gone
+    for gone in ("compare.json", "metrics.json", "scores", "masks", "cams/test/_complete"):
+        path = run / gone
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for stem in stems["test"][len(stems["test"]) // 2 :]:
+        (run / "cams" / "test" / f"{stem}.npz").unlink()
+    assert main(command) == 0
+    assert read_json(run / "compare.json")["extra"]["image_notes"] == first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from scarce.cams import CamConfig, CamExtractor, build_cam_method
 from scarce.errors import ConfigError
 from scarce.methods.rib import Rib, RibOptions, gndp, loss_views, split_features, stop_value
 from scarce.models.classifier import CamModel
+from scarce.training.transforms import to_tensor
 
 
 def test_gndp_pools_the_non_discriminative_region():
@@ -123,3 +125,38 @@ def test_rib_needs_one_image_per_call():
         build_cam_method(CamConfig(method="rib", batch_size=4))
     with pytest.raises(ConfigError, match="prepare"):
         build_cam_method(CamConfig(method="rib", batch_size=1))(None, torch.zeros(1, 3, 8, 8), [0])  # type: ignore[arg-type]
+
+
+def test_a_resumed_pass_writes_the_same_cams_and_notes_as_one_uninterrupted_pass(scenes_model, tiny_scenes, tmp_path):
+    """A pass killed after 3 images and resumed by a new process (a fresh method) must write the files of one
+    uninterrupted pass: the same disjoint draws per image (seeded by its name, not by what came before) and
+    every image's steps and stop reason in its CAM file."""
+    from scarce.cams.store import load_cam, load_cam_notes
+    from scarce.data.base import open_dataset
+    from scarce.pipeline import extract_cams
+
+    train, val = open_dataset("scenes", tiny_scenes, "train"), open_dataset("scenes", tiny_scenes, "val")
+    cfg = CamConfig(method="rib", batch_size=1, scales=(1.0,), options={
+        "rib_iter": 3, "rib_batch": 2, "rib_lr": 0.5, "pool_images": 12, "explode_ratio": 1.0, "tune": "all"})
+
+    def fresh():
+        method = build_cam_method(cfg)
+        method.prepare(scenes_model, train, tmp_path)
+        return method
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    extract_cams(scenes_model, val, cfg, whole, method=fresh(), progress=False)
+    extract_cams(scenes_model, val.subset(val.samples[:3]), cfg, resumed, method=fresh(), progress=False)
+    extract_cams(scenes_model, val, cfg, resumed, method=fresh(), progress=False)
+    for sample in val.samples:
+        a, b = whole / f"{sample.stem}.npz", resumed / f"{sample.stem}.npz"
+        assert np.array_equal(load_cam(a)[0], load_cam(b)[0]), sample.stem
+        notes = load_cam_notes(b)
+        assert notes == load_cam_notes(a) and 1 <= notes["steps"] <= 3 and notes["stop_reason"] in ("iterations", "stop_th")
+    # the draws matter: the same images without names (one generator through the calls) give other maps
+    unnamed = fresh()
+    image = torch.stack([to_tensor(val.load_image(s), scenes_model.mean_std) for s in val.samples[3:4]])
+    extractor = CamExtractor(scenes_model, cfg, unnamed)
+    extractor(torch.stack([to_tensor(val.load_image(val.samples[0]), scenes_model.mean_std)]), list(val.samples[0].labels))
+    later = extractor(image, list(val.samples[3].labels))[0].numpy()
+    assert not np.allclose(later, load_cam(whole / f"{val.samples[3].stem}.npz")[0], atol=1e-4)

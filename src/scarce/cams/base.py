@@ -74,6 +74,16 @@ class CamMethod:
         Under torchrun it is called through :func:`scarce.distributed.prepare_on_ranks` (see ``shards_prepare``).
         """
 
+    def begin_images(self, names: Sequence[str]) -> None:
+        """Called by the CAM writer before each batch with its images' names (default: nothing). A method that
+        draws at random (RIB) seeds its draws for an image from its name, so that the image gets the same
+        draws whatever was computed before it: in a resumed run, or on another rank under torchrun."""
+
+    def take_notes(self) -> list[dict[str, Any]]:
+        """What the method recorded about each image of its calls since the last take, in order (default:
+        nothing). The CAM writer stores each image's notes in its CAM file (:mod:`scarce.cams.store`)."""
+        return []
+
 
 CAM_METHODS: dict[str, Callable[[CamConfig], CamMethod]] = {}
 

@@ -1,4 +1,7 @@
-"""CAMs on disk: one ``<stem>.npz`` per image holding ``cam`` (K, H, W) float16 and ``keys`` (K,) class indices.
+"""CAMs on disk: one ``<stem>.npz`` per image holding ``cam`` (K, H, W) float16 and ``keys`` (K,) class indices,
+and, where the method records something about the image (RIB: how many fine-tuning steps ran and why they
+stopped), ``notes``: a JSON object. The notes live beside the maps so that a resumed run, or one sharded over
+ranks, reports every image and not only those the last process computed.
 
 float16 halves the size of IRN's float32 ``.npy`` files; maps are in [0, 1], where float16's absolute
 error is below 5e-4, far under any threshold step used for masks.
@@ -6,7 +9,9 @@ error is below 5e-4, far under any threshold step used for masks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,11 +19,13 @@ from scarce.errors import DataError
 from scarce.io import save_npz
 
 
-def save_cam(path: str | Path, cams: np.ndarray, keys: np.ndarray | list[int]) -> None:
+def save_cam(path: str | Path, cams: np.ndarray, keys: np.ndarray | list[int],
+             notes: dict[str, Any] | None = None) -> None:
     keys = np.asarray(keys, dtype=np.int16)
     if cams.shape[0] != len(keys):
         raise ValueError(f"{len(keys)} keys for {cams.shape[0]} maps")
-    save_npz(path, cam=np.asarray(cams, dtype=np.float16), keys=keys)
+    extra = {"notes": np.array(json.dumps(notes, allow_nan=False))} if notes else {}
+    save_npz(path, cam=np.asarray(cams, dtype=np.float16), keys=keys, **extra)
 
 
 def load_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -30,4 +37,16 @@ def load_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise DataError(path, "CAM file not found (run `scarce cam` for this split first)") from None
     except (OSError, KeyError, ValueError) as exc:
+        raise DataError(path, f"not a scarce CAM file ({exc})") from None
+
+
+def load_cam_notes(path: str | Path) -> dict[str, Any]:
+    """What the method recorded about the image when it wrote ``path`` (``{}`` if nothing)."""
+    path = Path(path)
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["notes"])) if "notes" in data.files else {}
+    except FileNotFoundError:
+        raise DataError(path, "CAM file not found (run `scarce cam` for this split first)") from None
+    except (OSError, ValueError) as exc:
         raise DataError(path, f"not a scarce CAM file ({exc})") from None

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from scarce.cams.store import load_cam
+from scarce.cams.store import load_cam, load_cam_notes
 from scarce.config import changed_keys, from_dict, load_yaml, merge, parse_overrides
 from scarce.data.base import WeakDataset
 from scarce.data.scenes import generate_scenes
@@ -135,10 +135,12 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
     stored = run.metrics()["timings_s"]
     timings = {"train": stored.get("train", 0.0), "prepare": stored.get("prepare", 0.0),
                **{k: v for k, v in stored.items() if k.startswith("cam_")}}
-    extra = {}
-    for attr in ("stats", "steps_taken", "stop_reasons"):
-        if hasattr(run.prepared_method, attr):
-            extra[attr] = getattr(run.prepared_method, attr)
+    extra: dict[str, Any] = {}
+    if hasattr(run.prepared_method, "stats"):
+        extra["stats"] = run.prepared_method.stats
+    notes = image_notes(run)
+    if notes:
+        extra["image_notes"] = notes
     result = {"method": method.name, "seed": seed, "start_from": method.start_from,
               "uses_cam_classifier": method.name != BASELINE and needs_cam, "timings_s": timings,
               "threshold": metrics["threshold"], "val_peak_miou": metrics["val_peak_miou"], "test": metrics["test"],
@@ -149,6 +151,19 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
             result[later] = {k: v for k, v in metrics[later].items() if k != "curves"}
     write_json(layout.compare_record, result)
     return result
+
+
+def image_notes(run: Run) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{split: {stem: notes}}``: what the CAM method recorded about each image (RIB: its fine-tuning steps and
+    why they stopped), read from the CAM files, so that it covers every image however often the run resumed."""
+    notes = {}
+    for split in run.cam_splits():
+        folder = run.layout.cams(split)
+        found = {sample.stem: load_cam_notes(run.layout.map_file(folder, sample.stem))
+                 for sample in run.dataset(split, allow_empty=True).samples}
+        if any(found.values()):
+            notes[split] = found
+    return notes
 
 
 def error_profile(masks: Path, dataset: WeakDataset) -> dict[str, object]:

@@ -29,8 +29,8 @@ the image's classes together). The scale of a converged multi-label soft-margin 
 by the loss rather than by the backbone (the loss saturates at logits of a few units whatever the feature
 width), and the GNDP logit of the non-discriminative region starts below the full logit; 600 is therefore
 a guard against runaway logits in both settings, far above where fine-tuning starts, and it is kept (per
-RIB's 6 rows) rather than re-tuned. Measured on the scenes benchmark (``Rib.steps_taken`` and
-``Rib.stop_reasons``, stored by `scarce compare`): it never fired. The explode rule, on normalised maps, is
+RIB's 6 rows) rather than re-tuned. Measured on the scenes benchmark (each image's steps and stop reason,
+kept in its CAM file and gathered by `scarce compare` as ``image_notes``): it never fired. The explode rule, on normalised maps, is
 scale-free, but not grid-free: on the benchmark's 8 × 8 maps of scenes with up to 3 large objects it ends
 about half of the images' fine-tuning at its first check (docs/benchmarks.md, the CAM method family).
 
@@ -44,14 +44,20 @@ Deviations, for cost or from the toolkit's structure, all stated:
   re-augmented; RIB draws random 512-px crops), whose inputs to the tuned part are computed once in ``prepare``.
 - SGD without momentum (RIB's PolyOptimizer passes weight decay as SGD's momentum, i.e. 1e-4).
 - ``cam.batch_size`` must be 1 so that a call holds one image and the classes are its own.
+- The disjoint images of an image are drawn from a generator seeded by ``seed`` and the image's name (given by
+  the CAM writer, :meth:`Rib.begin_images`), not from one generator running through the split as RIB's loader
+  does: an image then gets the same draws in a resumed run and on any rank under torchrun, so the CAM files do
+  not depend on how the work was split. Called without a name (a direct call), one generator seeded with
+  ``seed`` runs through the calls.
 """
 
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +157,7 @@ class Rib(CamMethod):
         self.steps_taken: list[int] = []
         # per image, why fine-tuning ended: "explode", "stop_th" or "iterations" (rib_iter steps run)
         self.stop_reasons: list[str] = []
+        self._noted = 0  # how many images take_notes has handed out
 
     def prepare(self, model: CamModel, train_set, work_dir: Path) -> None:
         """Pick the pool of candidate disjoint images and compute their inputs to the tuned part once."""
@@ -245,6 +252,18 @@ class Rib(CamMethod):
         self.steps_taken.append(steps)
         self.stop_reasons.append(reason)
         return [total for total in totals if total is not None]
+
+    def begin_images(self, names: Sequence[str]) -> None:
+        """Seed the draws of the disjoint images from ``seed`` and the image's name (one image per call)."""
+        if len(names) == 1:
+            self.rng = np.random.default_rng([self.options.seed, zlib.crc32(names[0].encode("utf-8"))])
+
+    def take_notes(self) -> list[dict[str, Any]]:
+        """``{"steps": n, "stop_reason": why}`` of each image fine-tuned since the last take."""
+        notes = [{"steps": steps, "stop_reason": reason}
+                 for steps, reason in zip(self.steps_taken[self._noted :], self.stop_reasons[self._noted :])]
+        self._noted = len(self.steps_taken)
+        return notes
 
     def _exploded(self, maps: torch.Tensor) -> bool:
         """RIB's explode rule on the flip-summed map: the share of pixels where some class exceeds explode_th of its max."""
