@@ -144,7 +144,7 @@ def test_killed_training_resumes_to_the_same_weights(context_for, straight, monk
     monkeypatch.undo()
     work = context_for("killed").work_dir / "random_walk"
     assert (work / "checkpoint.pt").exists() and not (work / "affinity.pt").exists()
-    after_one_epoch = torch.load(work / "checkpoint.pt", weights_only=False)
+    after_one_epoch = torch.load(work / "checkpoint.pt", weights_only=True)
     assert after_one_epoch["epoch"] == 1
 
     resumed = build_refiner(STEP)

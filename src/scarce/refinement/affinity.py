@@ -310,7 +310,7 @@ def train_affinity(net: AffinityNet, levels: BackboneLevels, pairs: SeedPairs, c
     parameters = list(net.parameters())
     start_epoch = 0
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         check_identity(ckpt_path, state["identity"], identity)
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])

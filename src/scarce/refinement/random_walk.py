@@ -127,7 +127,7 @@ class RandomWalkRefiner(Refiner):
         out_dir = context.work_dir / self.name
         final = out_dir / "affinity.pt"
         if final.exists():
-            state = torch.load(final, map_location="cpu", weights_only=False)
+            state = torch.load(final, map_location="cpu", weights_only=True)
             check_identity(final, state["identity"], identity)
             net.load_state_dict(state["net"])
         else:
