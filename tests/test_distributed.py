@@ -22,8 +22,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from scarce.cams import CamConfig
-from scarce.cams.store import load_cam, save_cam
+from scarce.cams import CamConfig, build_cam_method
+from scarce.cams.store import load_cam, load_cam_notes, save_cam
 from scarce.cil.data import Preprocess
 from scarce.cil.trainer import Trainer
 from scarce.data.base import open_dataset
@@ -63,6 +63,9 @@ def fresh_model(num_classes: int) -> CamClassifier:
 # LPCAM with a reservoir small enough to sample (its sample depends on the order of the stream); batches of 3:
 # the 14 training images make 5 batches, dealt 0, 2, 4 and 1, 3 (rank 1 sits out the last round)
 LPCAM = CamConfig(method="lpcam", options={"k": 3, "max_features": 6, "max_iter": 10, "batch_size": 3})
+# RIB with random disjoint draws that change its maps (a pool of 8 of the 14 training images, 2 a step)
+RIB = CamConfig(method="rib", batch_size=1, scales=(1.0,), options={
+    "rib_iter": 2, "rib_batch": 2, "rib_lr": 0.5, "pool_images": 8, "explode_ratio": 1.0, "tune": "all"})
 # the affinity network: global batches of 5 (parts of 2 and 3), the last one of 4, random crops of 48 px
 WALK = RefineStep("random_walk", {"train": {"epochs": 2, "batch_size": 5, "level_dim": 8, "embed_dim": 16,
                                             "crop_size": 48, "seed": 3}})
@@ -163,6 +166,11 @@ def _job_prepare(scenes: Path, cams: Path, out: Path) -> None:
     loaded = []
     prepare_on_ranks(RefinerChain([WALK]), walk_context(scenes, cams, out / "walk", loaded))
     (out / "walk" / f"loaded{rank}.json").write_text(json.dumps(loaded))
+
+    rib = build_cam_method(RIB)  # its pool drawn by rank 0 first, then the others; each image's draws by name
+    prepare_on_ranks(rib, fixed_model(train.num_classes), train, out / "rib")
+    extract_cams(fixed_model(train.num_classes), open_dataset("scenes", scenes, "val"), RIB, out / "rib" / "cams",
+                 method=rib, progress=False)
 
 
 def _job_two_ranks(scenes: Path, cams: Path, out: Path) -> None:
@@ -278,6 +286,16 @@ def test_sharded_cams_of_one_model_are_identical(two_ranks, tiny_scenes, tmp_pat
         assert np.array_equal(two[0], one[0]) and np.array_equal(two[1], one[1]), path.name
 
 
+def test_rib_cams_of_two_ranks_are_the_files_of_one_process(two_ranks, one_process, tiny_scenes):
+    """RIB draws each image's disjoint images by its name, not from one generator running through the split, so
+    the images a rank is dealt get the draws one process gives them: bit-identical maps and the same notes."""
+    stems = [sample.stem for sample in open_dataset("scenes", tiny_scenes, "val").samples]
+    for stem in stems:
+        two, one = two_ranks / "rib" / "cams" / f"{stem}.npz", one_process / "rib" / "cams" / f"{stem}.npz"
+        assert np.array_equal(load_cam(two)[0], load_cam(one)[0]), stem
+        assert load_cam_notes(two) == load_cam_notes(one) and load_cam_notes(one)["steps"] == 2
+
+
 def test_two_ranks_train_the_cil_learner_of_one_process(two_ranks, one_process):
     """iCaRL (a mean of per-image losses) on a BN network: 2 ranks reach one process's learner and accuracies."""
     two = torch.load(two_ranks / "cil" / "checkpoints" / "last.pt", weights_only=True)
@@ -321,8 +339,8 @@ def test_lpcam_prototypes_depend_on_the_order_of_the_stream(one_process, tiny_sc
 def test_two_ranks_train_the_affinity_network_of_one_process(two_ranks, one_process, tiny_scenes):
     """Each rank read only its part of each global batch (parts of 2 and 3 of batches 5, 5, 4 per epoch) and
     the two reached one process's affinity network."""
-    two = torch.load(two_ranks / "walk" / "random_walk" / "affinity.pt", weights_only=False)
-    one = torch.load(one_process / "walk" / "random_walk" / "affinity.pt", weights_only=False)
+    two = torch.load(two_ranks / "walk" / "random_walk" / "affinity.pt", weights_only=True)
+    one = torch.load(one_process / "walk" / "random_walk" / "affinity.pt", weights_only=True)
     assert two["identity"] == one["identity"]
     assert_same_weights(two["net"], one["net"], atol=1e-5)
     train = open_dataset("scenes", tiny_scenes, "train")
@@ -342,7 +360,7 @@ def test_an_affinity_checkpoint_of_two_ranks_resumes_in_one_process(two_ranks, o
     """Stopped after epoch 1 in 2 processes, finished in one: the network of one uninterrupted process."""
     chain = RefinerChain([WALK])
     chain.prepare(walk_context(tiny_scenes, seed_cams, two_ranks / "walk_stopped"))
-    one = torch.load(one_process / "walk" / "random_walk" / "affinity.pt", weights_only=False)
+    one = torch.load(one_process / "walk" / "random_walk" / "affinity.pt", weights_only=True)
     assert_same_weights(chain.refiners[0].net.state_dict(), one["net"], atol=1e-5)
 
 

@@ -126,7 +126,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tiny_scenes, tmp_path):
 
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 2, step"):
         train_classifier(model, data, cfg, tmp_path, progress=False, on_step=poison)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == steps_per_epoch
     assert torch.isfinite(state["model"]["classifier.weight"]).all()
 

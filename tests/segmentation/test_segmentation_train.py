@@ -105,8 +105,8 @@ def test_resume_after_kill_gives_identical_weights(tiny_scenes, tmp_path):
     assert len(_log(tmp_path / "b" / "train_log.csv")) == 1
     resumed = train_segmenter(cfg, data, GROUND_TRUTH, tmp_path / "b", progress=False).model_path  # a fresh model
 
-    a = torch.load(straight, weights_only=False)["model"]
-    b = torch.load(resumed, weights_only=False)["model"]
+    a = torch.load(straight, weights_only=True)["model"]
+    b = torch.load(resumed, weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -133,7 +133,7 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(tiny_scenes, tmp_path, monkeypa
     monkeypatch.setattr(PixelCrossEntropy, "forward", poisoned)
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 2, step 3"):
         train_segmenter(tiny_config(epochs=2), data, GROUND_TRUTH, tmp_path, progress=False)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
     assert not (tmp_path / "model.pt").exists()
 
 
