@@ -143,6 +143,9 @@ SMALL = ("protocol.class_order=[0,1,2,3]", "protocol.n_phases=1", "data.train_pe
          "method.balanced_finetune_epochs=1", "train.channels_last=true", "train.pin_memory=true")
 
 
+# torch warns when a scheduler steps before its optimizer ever has; fp16's GradScaler skips the steps whose gradients
+# overflow at its initial scale (2^16), which in this tiny run leaves a stage's first epoch without one: expected
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`:UserWarning")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_a_resumed_mixed_precision_run_equals_an_uninterrupted_one(amp, tmp_path):
     cfg = tiny_config("lucir", f"train.amp={amp}", *SMALL)
