@@ -49,10 +49,16 @@ def test_every_config_runs_on_a_tiny_benchmark(tmp_path):
     # a finished comparison is reused, not recomputed; a result from before profiles gets one from its masks
     done = tmp_path / "seed0" / "recam" / "compare.json"
     write_json(done, {k: v for k, v in read_json(done).items() if k != "error_profile"})
+    # and one from before undefined shares were stored as null (NaN) gets its profile again, without NaN
+    old_style = tmp_path / "seed0" / "lpcam" / "compare.json"
+    record = read_json(old_style)
+    record["error_profile"] = {**record["error_profile"], "fp_far": float("nan"), "fp_shares": [float("nan")] * 4}
+    write_json(old_style, record)
     again = compare(methods, tmp_path, seeds=[0], base=CONFIGS / "base.yaml", overrides=tiny, method_overrides=cheap)
     assert again["per_seed"]["recam"][0]["timings_s"] == summary["per_seed"]["recam"][0]["timings_s"]
     for counts in ("fp_counts", "fn_counts"):
         assert again["per_seed"]["recam"][0]["error_profile"][counts] == summary["per_seed"]["recam"][0]["error_profile"][counts]
+    assert again["per_seed"]["lpcam"][0]["error_profile"] == summary["per_seed"]["lpcam"][0]["error_profile"]  # NaN ≠ NaN
     # a finished run is reused only for the configuration it was made with
     changed = {**cheap, "recam": ["train.epochs=2"]}
     with pytest.raises(ConfigError, match=r"seed0/recam: finished with another configuration \(train.epochs differ\)"):

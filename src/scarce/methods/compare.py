@@ -121,7 +121,8 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
             raise ConfigError(f"{layout.root}: finished with another configuration ({', '.join(changed)} differ); "
                               "use another --out, or delete this folder to re-run it")
         result = read_json(layout.compare_record)
-        if "error_profile" not in result:  # finished before profiles existed: the masks are all it needs
+        if "error_profile" not in result or _holds_nan(result["error_profile"]):
+            # finished before profiles existed, or before an undefined share was stored as null: the masks suffice
             result["error_profile"] = error_profile(layout.masks(cfg.data.test_split), test_set)
             write_json(layout.compare_record, result)
         return result
@@ -151,6 +152,11 @@ def run_method(method: MethodConfig, base: dict[str, Any], seed: int, seed_dir: 
             result[later] = {k: v for k, v in metrics[later].items() if k != "curves"}
     write_json(layout.compare_record, result)
     return result
+
+
+def _holds_nan(profile: dict[str, Any]) -> bool:
+    values = [v for value in profile.values() for v in (value if isinstance(value, list) else [value])]
+    return any(isinstance(v, float) and math.isnan(v) for v in values)
 
 
 def image_notes(run: Run) -> dict[str, dict[str, dict[str, Any]]]:
