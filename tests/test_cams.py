@@ -153,3 +153,22 @@ def test_nwc_flag_reaches_gradcam_through_the_extractor(model):
     by_wrapper = CamExtractor(NegativeWeightClamped(model), plain)(images)
     assert torch.allclose(by_flag, by_wrapper, atol=1e-6)
     assert not torch.allclose(by_flag, CamExtractor(model, plain)(images))
+
+
+def test_cam_files_keep_their_notes_and_a_damaged_one_names_itself(tmp_path):
+    import numpy as np
+
+    from scarce.cams.store import load_cam, load_cam_notes, save_cam
+    from scarce.errors import DataError
+
+    path = tmp_path / "scene_1.npz"
+    save_cam(path, np.ones((1, 4, 4), np.float32), [3], {"steps": 2, "stop_reason": "explode"})
+    maps, keys = load_cam(path)
+    assert maps.shape == (1, 4, 4) and keys.tolist() == [3]
+    assert load_cam_notes(path) == {"steps": 2, "stop_reason": "explode"}
+    save_cam(tmp_path / "plain.npz", np.ones((0, 4, 4), np.float32), [])
+    assert load_cam_notes(tmp_path / "plain.npz") == {}
+    path.write_bytes(path.read_bytes()[:40])  # truncated: not a zip any more
+    for read in (load_cam, load_cam_notes):
+        with pytest.raises(DataError, match=r"scene_1\.npz: not a scarce CAM file"):
+            read(path)

@@ -10,13 +10,16 @@ error is below 5e-4, far under any threshold step used for masks.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from scarce.errors import DataError
 from scarce.io import save_npz
+
+T = TypeVar("T")
 
 
 def save_cam(path: str | Path, cams: np.ndarray, keys: np.ndarray | list[int],
@@ -30,23 +33,20 @@ def save_cam(path: str | Path, cams: np.ndarray, keys: np.ndarray | list[int],
 
 def load_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(cams float32 (K, H, W), keys int64 (K,)); a missing or damaged file raises DataError naming it."""
-    path = Path(path)
-    try:
-        with np.load(path) as data:
-            return data["cam"].astype(np.float32), data["keys"].astype(np.int64)
-    except FileNotFoundError:
-        raise DataError(path, "CAM file not found (run `scarce cam` for this split first)") from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(path, f"not a scarce CAM file ({exc})") from None
+    return _read(path, lambda data: (data["cam"].astype(np.float32), data["keys"].astype(np.int64)))
 
 
 def load_cam_notes(path: str | Path) -> dict[str, Any]:
     """What the method recorded about the image when it wrote ``path`` (``{}`` if nothing)."""
+    return _read(path, lambda data: json.loads(str(data["notes"])) if "notes" in data.files else {})
+
+
+def _read(path: str | Path, read: Callable[[Any], T]) -> T:
     path = Path(path)
     try:
         with np.load(path) as data:
-            return json.loads(str(data["notes"])) if "notes" in data.files else {}
+            return read(data)
     except FileNotFoundError:
         raise DataError(path, "CAM file not found (run `scarce cam` for this split first)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:  # BadZipFile: a truncated file
         raise DataError(path, f"not a scarce CAM file ({exc})") from None
