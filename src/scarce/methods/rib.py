@@ -45,9 +45,10 @@ Deviations, for cost or from the toolkit's structure, all stated:
 - SGD without momentum (RIB's PolyOptimizer passes weight decay as SGD's momentum, i.e. 1e-4).
 - ``cam.batch_size`` must be 1 so that a call holds one image and the classes are its own.
 - The disjoint images of an image are drawn from a generator seeded by ``seed`` and the image's name (given by
-  the CAM writer, :meth:`Rib.begin_images`), not from one generator running through the split as RIB's loader
-  does: an image then gets the same draws in a resumed run and on any rank under torchrun, so the CAM files do
-  not depend on how the work was split. Called without a name (a direct call), one generator seeded with
+  the CAM writer, :meth:`Rib.begin_images`). ``obtain_RIB_CAM.py`` builds a shuffled loader per image from the
+  process's global, unseeded random state, so its draws depend on the run and on what each GPU processed
+  before. Here an image gets the same draws in a resumed run and on any rank under torchrun, so the CAM files
+  do not depend on how the work was split. Called without a name (a direct call), one generator seeded with
   ``seed`` runs through the calls.
 """
 
