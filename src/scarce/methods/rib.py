@@ -31,8 +31,9 @@ width), and the GNDP logit of the non-discriminative region starts below the ful
 a guard against runaway logits in both settings, far above where fine-tuning starts, and it is kept (per
 RIB's 6 rows) rather than re-tuned. Measured on the scenes benchmark (each image's steps and stop reason,
 kept in its CAM file and gathered by `scarce compare` as ``image_notes``): it never fired. The explode rule,
-on normalised maps, is scale-free, but not grid-free: on the benchmark's 8 × 8 maps of scenes with up to 3 large objects it ends
-about half of the images' fine-tuning at its first check (docs/benchmarks.md, the CAM method family).
+on normalised maps, is scale-free, but not grid-free: on the benchmark's 8 × 8 maps of scenes with up to 3
+large objects it ends about half of the images' fine-tuning at its first check, and on the 16 × 16 maps of
+the partial-activation variant it never fired (docs/benchmarks.md, the CAM method family).
 
 Deviations, for cost or from the toolkit's structure, all stated:
 
