@@ -176,8 +176,11 @@ def _curve_text(curve: Sequence[float]) -> str:
     return ", ".join(f"{epoch}: {curve[epoch - 1]:.3f}" for epoch in epochs)
 
 
-def _cell(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    """``mean ± std`` over seeds (just the value for one seed)."""
+def _cell(values: Sequence[float | None], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` over seeds (just the value for one seed); a dash where a seed leaves it undefined (a cost
+    of a run resumed without its timings: NaN in memory, null in ``ladder.json``)."""
+    if any(value is None or math.isnan(value) for value in values):
+        return "–"
     mean = statistics.fmean(values) * scale
     if len(values) < 2:
         return f"{mean:.{digits}f}"

@@ -64,8 +64,9 @@ def test_eval_masks_num_classes_counts_object_classes(tmp_path):
     Image.fromarray(labels).save(gt / "a.png")
     out = tmp_path / "scores.json"
     assert main(["eval-masks", "--pred", str(pred), "--gt", str(gt), "--num-classes", "2", "--out", str(out)]) == 0
-    scores = json.loads(out.read_text())
+    scores = json.loads(out.read_text(), parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
     assert scores["num_classes"] == 3  # background + 2 object classes, the second absent from both files
+    assert scores["iou"] == [1.0, 1.0, None]  # undefined for the absent class: null in strict JSON
 
 
 def test_localize_offers_exactly_the_methods_that_need_no_training_data():

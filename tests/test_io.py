@@ -1,7 +1,10 @@
-"""scarce.io: no process-wide side effects, outputs with the usual permissions, unreadable images named."""
+"""scarce.io: no process-wide side effects, outputs with the usual permissions, strict JSON, unreadable images
+named."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import pytest
 from PIL import Image
 
 from scarce.errors import DataError
-from scarce.io import read_image, write_text
+from scarce.io import read_image, read_json, write_json, write_text
 
 
 def test_importing_scarce_io_never_touches_the_umask():
@@ -43,3 +46,25 @@ def test_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, monkeypatc
     with pytest.raises(DataError, match="DecompressionBombError") as caught:
         read_image(path)
     assert caught.value.path == path
+
+
+def _strict(text: str):
+    """RFC 8259 JSON: Python's parser accepts NaN and Infinity only through ``parse_constant``."""
+    def reject(name: str):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=reject)
+
+
+def test_undefined_scores_are_written_as_null_at_any_depth(tmp_path):
+    path = tmp_path / "metrics.json"
+    obj = {"miou": 0.5, "iou": [0.75, math.nan, np.float32("nan"), 0.25], "fp": float("inf"),
+           "nested": {"curve": (np.float64(0.1), -math.inf), "array": np.array([1.5, np.nan])},
+           "count": np.int64(3), "flag": True, "name": "cam", "none": None}
+    write_json(path, obj)
+    parsed = _strict(path.read_text())  # the old writer's NaN / Infinity tokens fail here
+    assert parsed == {"miou": 0.5, "iou": [0.75, None, None, 0.25], "fp": None,
+                      "nested": {"curve": [0.1, None], "array": [1.5, None]},
+                      "count": 3, "flag": True, "name": "cam", "none": None}
+    assert read_json(path) == parsed
+    # numeric readers get NaN back where the value was undefined
+    assert np.isnan(np.asarray(parsed["iou"], dtype=np.float64)).tolist() == [False, True, True, False]

@@ -41,6 +41,15 @@ def test_table_of_two_seeds_has_hand_computed_means_and_gains():
     assert "80.0 ± 7.1 %" in ratio
 
 
+def test_a_cost_undefined_on_a_seed_is_a_dash_not_a_crash():
+    # a run resumed without its timings has no cost: NaN in memory, null once ladder.json is re-read
+    seeds = [{"rows": [{**_row("cam", "none", 0.2, 0.2, 0.3), "cost_cam_units": cost}]} for cost in (0.5, None)]
+    row = next(line for line in ladder.markdown(seeds).splitlines() if line.startswith("| cam | none |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[-1] == "–" and cells[-2] == "1.00 ± 0.00"
+    assert ladder._cell([0.5, float("nan")], 1, 2) == "–"
+
+
 def test_costs_need_a_recorded_classifier_time(tmp_path):
     with pytest.raises(ConfigError, match="training time"):
         ladder.cam_unit_seconds(tmp_path / "run")

@@ -22,6 +22,10 @@ TINY = [
 ]
 
 
+def _not_json(token: str) -> None:
+    raise AssertionError(f"{token} is not JSON: strict parsers (JavaScript, jq, Go) reject the file")
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     run = tmp_path / "run"
@@ -30,7 +34,7 @@ def test_demo_end_to_end_then_stage_commands(tmp_path, capsys):
     assert "CAM seed mIoU" in out and "val -> test" in out and "oracle Peak IoU" in out
     assert "Fashion-MNIST objects from: shipped subset" in out  # the scenes depend on it, so the summary says it
 
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text(), parse_constant=_not_json)
     assert metrics["protocol"]["threshold_chosen_on"] == "val"
     assert metrics["protocol"]["scored_on"] == "test"
     assert 0.0 <= metrics["test"]["miou"] <= metrics["test_oracle"]["peak_iou"] + 1e-12

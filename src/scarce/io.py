@@ -66,7 +66,24 @@ def write_text(path: PathLike, text: str) -> None:
 
 
 def write_json(path: PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (RFC 8259), written atomically: an undefined score (NaN, e.g. the IoU of a class absent from
+    a split) is written as ``null``, which other languages' parsers accept and ``NaN`` is not; Python reads it
+    back as None, and ``np.asarray(values, dtype=float)`` turns None into NaN again."""
+    text = json.dumps(_undefined_as_null(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def _undefined_as_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (Python's or numpy's, at any depth) replaced by None."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _undefined_as_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_undefined_as_null(value) for value in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return _undefined_as_null(obj.tolist())
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -50,7 +50,8 @@ def scores_from_confusion(confusion: np.ndarray) -> dict[str, object]:
     from both prediction and ground truth has an empty union: its IoU, FP and FN are NaN and it is left out
     of the means (chainercv's ``calc_semantic_segmentation_iou`` takes the same nanmean). Likewise
     precision is NaN for a class never predicted and recall NaN for a class never in the ground truth.
-    Every value is a plain Python float, so the dict goes straight to JSON (NaN is written as ``NaN``).
+    Every value is a plain Python float, so the dict goes straight to JSON (:func:`scarce.io.write_json` writes
+    NaN as ``null``).
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:

@@ -111,6 +111,11 @@ class HtmlReport:
         parts.append("</tbody></table>")
         self._blocks.append("".join(parts))
 
+    def per_class_table(self, names: Sequence[str], values: Sequence[float | None], caption: str) -> None:
+        """One row per class; an undefined value (NaN in memory, null in a re-read JSON) shows as a dash."""
+        self.table([{"class": name, "IoU": math.nan if value is None else value} for name, value in zip(names, values)],
+                   caption=caption)
+
     def image(self, image: np.ndarray | bytes, caption: str | None = None, width: int | None = None) -> None:
         """An array (uint8 HxW, HxWx3 or HxWx4) or ready PNG bytes; ``width`` scales it in the page (pixels)."""
         png = image if isinstance(image, bytes) else _png_bytes(image)
@@ -144,7 +149,8 @@ class HtmlReport:
         FigureCanvasAgg(figure)
         axes = figure.subplots()
         for name, values in series.items():
-            axes.plot(list(x), list(values), marker="." if len(x) <= 50 else None, label=name)
+            # float: an undefined point (NaN, or None re-read from JSON) leaves a gap in the curve
+            axes.plot(list(x), np.asarray(values, dtype=np.float64), marker="." if len(x) <= 50 else None, label=name)
         for label, (mx, my) in (markers or {}).items():
             axes.plot([mx], [my], marker="o", color="black", linestyle="none")
             axes.annotate(label, (mx, my), textcoords="offset points", xytext=(6, 6))
