@@ -85,3 +85,16 @@ def test_wsol_eval_command(ablation, tiny_scenes, tmp_path, capsys):
              "--interval", "0.1", "--out", str(tmp_path), "--quiet"]
     assert main(rerun) == 1
     assert "other settings" in capsys.readouterr().err
+
+
+def test_summary_means_and_stds_by_hand_and_an_undefined_seed_stays_undefined():
+    from scarce.localization.ablation import summarize
+
+    def seed(pxap):  # PxAP is undefined (null in a re-read results.json) for a split without object pixels
+        return {"variants": {v.name: {"test": {"MaxBoxAccV2": 0.5 + i / 10, "PxAP": pxap}} for i, v in enumerate(VARIANTS)}}
+
+    rows = summarize([seed(0.25), seed(0.75)])
+    assert rows[1]["MaxBoxAccV2"] == pytest.approx(0.6) and rows[1]["MaxBoxAccV2_std"] == pytest.approx(0.0)
+    assert rows[0]["PxAP"] == pytest.approx(0.5) and rows[0]["PxAP_std"] == pytest.approx(0.5 ** 0.5 * 0.5)
+    undefined = summarize([seed(0.25), seed(None)])
+    assert np.isnan(undefined[0]["PxAP"]) and undefined[0]["MaxBoxAccV2"] == pytest.approx(0.5)

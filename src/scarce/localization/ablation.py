@@ -137,7 +137,9 @@ def summarize(per_seed: list[dict[str, Any]], which: str = "test") -> list[dict[
         row: dict[str, object] = {"variant": variant.name}
         for metric in METRICS:
             values = [r["variants"][variant.name][which][metric] for r in per_seed if metric in r["variants"][variant.name][which]]
-            if values:
+            # float: an undefined score (NaN, or null in a re-read results.json) stays NaN in the mean
+            values = np.asarray(values, dtype=np.float64)
+            if values.size:
                 row[metric] = float(np.mean(values))
                 row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         rows.append(row)
