@@ -49,9 +49,9 @@ def test_table_columns_formats_and_missing_cells():
         report.table([])
 
 
-def test_per_class_table_shows_undefined_values_as_dashes():
+def test_per_class_iou_table_shows_undefined_values_as_dashes():
     report = HtmlReport("t")
-    report.per_class_table(["background", "cat", "dog"], [0.5, None, float("nan")], caption="IoU")
+    report.per_class_iou_table(["background", "cat", "dog"], [0.5, None, float("nan")], caption="IoU")
     cells = re.findall(r"<tr>(.*?)</tr>", report.render().split('<table class="data">')[1])[1:]
     assert cells == ['<td>background</td><td class="num">0.500</td>', '<td>cat</td><td class="num">\u2013</td>',
                      '<td>dog</td><td class="num">\u2013</td>']

@@ -91,7 +91,8 @@ def test_summary_means_and_stds_by_hand_and_an_undefined_seed_stays_undefined():
     from scarce.localization.ablation import summarize
 
     def seed(pxap):  # PxAP is undefined (null in a re-read results.json) for a split without object pixels
-        return {"variants": {v.name: {"test": {"MaxBoxAccV2": 0.5 + i / 10, "PxAP": pxap}} for i, v in enumerate(VARIANTS)}}
+        return {"variants": {v.name: {"test": {"MaxBoxAccV2": 0.5 + i / 10, "PxAP": pxap}}
+                             for i, v in enumerate(VARIANTS)}}
 
     rows = summarize([seed(0.25), seed(0.75)])
     assert rows[1]["MaxBoxAccV2"] == pytest.approx(0.6) and rows[1]["MaxBoxAccV2_std"] == pytest.approx(0.0)

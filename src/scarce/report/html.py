@@ -111,8 +111,9 @@ class HtmlReport:
         parts.append("</tbody></table>")
         self._blocks.append("".join(parts))
 
-    def per_class_table(self, names: Sequence[str], values: Sequence[float | None], caption: str) -> None:
-        """One row per class; an undefined value (NaN in memory, null in a re-read JSON) shows as a dash."""
+    def per_class_iou_table(self, names: Sequence[str], values: Sequence[float | None], caption: str) -> None:
+        """One row per class and its IoU; an undefined IoU (NaN in memory, null in a re-read JSON) shows as a
+        dash, as in results tables."""
         self.table([{"class": name, "IoU": math.nan if value is None else value} for name, value in zip(names, values)],
                    caption=caption)
 

@@ -94,7 +94,7 @@ def write_report(layout: RunLayout, metrics: dict[str, Any], description: str, d
     report.table(ladder_rows(metrics), caption="The ladder: mIoU (%) from seeds to a segmentation model",
                  float_format="{:.1f}")
     classes = metrics["classes"]
-    report.per_class_table(classes, metrics["test"]["iou"], caption=f"Per-class IoU on {test}")
+    report.per_class_iou_table(classes, metrics["test"]["iou"], caption=f"Per-class IoU on {test}")
     curves = {f"{val} mIoU": metrics["curves"]["val_miou"], f"{test} mIoU": metrics["curves"]["test_miou"]}
     markers = {f"chosen on {val}": (metrics["threshold"], metrics["test"]["miou"])}
     refined = metrics.get("refined")
