@@ -58,12 +58,13 @@ def _strict(text: str):
 def test_undefined_scores_are_written_as_null_at_any_depth(tmp_path):
     path = tmp_path / "metrics.json"
     obj = {"miou": 0.5, "iou": [0.75, math.nan, np.float32("nan"), 0.25], "fp": float("inf"),
-           "nested": {"curve": (np.float64(0.1), -math.inf), "array": np.array([1.5, np.nan])},
+           "nested": {"curve": (np.float64(0.1), -math.inf), "array": np.array([1.5, np.nan]),
+                      "objects": np.array([np.nan, "a"], dtype=object), "ints": np.arange(2)},
            "count": np.int64(3), "flag": True, "name": "cam", "none": None}
     write_json(path, obj)
     parsed = _strict(path.read_text())  # the old writer's NaN / Infinity tokens fail here
     assert parsed == {"miou": 0.5, "iou": [0.75, None, None, 0.25], "fp": None,
-                      "nested": {"curve": [0.1, None], "array": [1.5, None]},
+                      "nested": {"curve": [0.1, None], "array": [1.5, None], "objects": [None, "a"], "ints": [0, 1]},
                       "count": 3, "flag": True, "name": "cam", "none": None}
     assert read_json(path) == parsed
     # numeric readers get NaN back where the value was undefined

@@ -81,7 +81,7 @@ def _undefined_as_null(obj: Any) -> Any:
         return {key: _undefined_as_null(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_undefined_as_null(value) for value in obj]
-    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+    if isinstance(obj, np.ndarray):  # any dtype: an object array may hold NaN too
         return _undefined_as_null(obj.tolist())
     return obj
 
