@@ -69,7 +69,7 @@ def write_single_stage_report(path: Path, metrics: dict[str, Any], description: 
     if test is not None:
         # iou has background first, then the classes
         report.per_class_iou_table(["background", *classes], test["iou"],
-                               caption=f"Per-class IoU of the single-stage prediction on {splits['test']}")
+                                   caption=f"Per-class IoU of the single-stage prediction on {splits['test']}")
     if log is not None and log.is_file():
         epochs, curves = loss_curves(log)
         if epochs:
